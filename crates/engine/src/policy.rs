@@ -1,0 +1,69 @@
+use serde::{Deserialize, Serialize};
+
+/// The hardening policy: the `[hardening]` table of the configuration.
+/// `Policy::default()` equals the embedded `config/default.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Switches for the settings injected by default.
+    pub settings: SettingSwitches,
+    /// UID injected at pod level when no container and not the pod sets one.
+    pub run_as_user: Option<i64>,
+    /// GID injected at pod level when no container and not the pod sets one.
+    pub run_as_group: Option<i64>,
+    /// GID injected as the pod's `fsGroup` when unset.
+    pub fs_group: Option<i64>,
+    /// Paths that get a writable emptyDir when the root filesystem goes read-only.
+    pub writable_paths: Vec<String>,
+    /// Namespaces whose objects are never touched.
+    pub excluded_namespaces: Vec<String>,
+    /// Honour `kube-hardener.io/skip` on Pods and pod templates (namespace
+    /// owners decide by default).
+    pub allow_pod_opt_out: bool,
+    /// Also mutate the pod templates of workload objects (off: GitOps drift).
+    pub mutate_workloads: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            settings: SettingSwitches::default(),
+            run_as_user: None,
+            run_as_group: None,
+            fs_group: None,
+            writable_paths: vec!["/tmp".to_owned()],
+            excluded_namespaces: vec![
+                "kube-system".to_owned(),
+                "kube-public".to_owned(),
+                "kube-node-lease".to_owned(),
+            ],
+            allow_pod_opt_out: false,
+            mutate_workloads: false,
+        }
+    }
+}
+
+/// One switch per default-on setting; `false` turns it off cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettingSwitches {
+    pub run_as_non_root: bool,
+    pub seccomp_profile: bool,
+    pub allow_privilege_escalation: bool,
+    pub capabilities: bool,
+    pub read_only_root_filesystem: bool,
+    pub fs_group_change_policy: bool,
+}
+
+impl Default for SettingSwitches {
+    fn default() -> Self {
+        SettingSwitches {
+            run_as_non_root: true,
+            seccomp_profile: true,
+            allow_privilege_escalation: true,
+            capabilities: true,
+            read_only_root_filesystem: true,
+            fs_group_change_policy: true,
+        }
+    }
+}

@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Secure securityContext defaults for every pod, never overriding explicit choices.
+#[derive(Debug, Parser)]
+#[command(name = "kube-hardener", version)]
+struct Cli {
+    /// Configuration file layered over the embedded default.
+    #[arg(long, global = true, env = "KUBE_HARDENER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the mutating admission webhook.
+    Serve(kube_hardener_server::ServeArgs),
+    /// Show offline what the webhook would change in manifest files.
+    Preview(kube_hardener_preview::PreviewArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = kube_hardener_config::Config::default();
+    let _ = &cli.config;
+    match cli.command {
+        Command::Serve(args) => match kube_hardener_server::run(&args, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("kube-hardener serve: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Preview(args) => kube_hardener_preview::run(&args, &config),
+    }
+}
