@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the pinned control plane (kube-apiserver, kubectl, etcd) from Go modules into
+# a cache directory keyed by version, skipping binaries that are already there.
+#
+#   e2e/controlplane/build.sh            # prints the cache directory on stdout when done
+#
+# KUBE_HARDENER_CACHE overrides the cache root (default ~/.cache/kube-hardener).
+# GOTOOLCHAIN is passed through to go, so a newer toolchain can be requested if a
+# future pin needs one.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.sh
+source "$here/versions.sh"
+
+log() { printf '[controlplane/build] %s\n' "$*" >&2; }
+
+if ! command -v go >/dev/null 2>&1; then
+    log "error: the go command is not installed (needed to build kube-apiserver ${KUBE_VERSION} and etcd ${ETCD_VERSION})"
+    exit 1
+fi
+
+mkdir -p "$CONTROLPLANE_DIR"
+log "go: $(go version)"
+log "cache: $CONTROLPLANE_DIR"
+
+# build NAME MODULE_DIR PACKAGE
+build() {
+    local name="$1" module_dir="$2" package="$3"
+    local out="$CONTROLPLANE_DIR/$name"
+    if [[ -x "$out" ]]; then
+        log "$name: cached"
+        return 0
+    fi
+    log "$name: building $package (this takes several minutes on a small machine)"
+    local started=$SECONDS
+    local tmp="$out.partial.$$"
+    # A failing build must show the Go error, and must never leave a half-written
+    # binary that a later run would mistake for a cached one.
+    if ! (cd "$module_dir" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$tmp" "$package"); then
+        rm -f "$tmp"
+        log "error: building $name from $module_dir failed (see the go output above)"
+        exit 1
+    fi
+    mv -f "$tmp" "$out"
+    log "$name: built in $((SECONDS - started))s"
+}
+
+build etcd "$here/etcd" go.etcd.io/etcd/server/v3
+build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl
+
+"$CONTROLPLANE_DIR/kube-apiserver" --version >&2
+"$CONTROLPLANE_DIR/etcd" --version | head -n1 >&2
+echo "$CONTROLPLANE_DIR"

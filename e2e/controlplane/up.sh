@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Starts a throw-away control plane on loopback: etcd + kube-apiserver (with its
+# built-in admission plugins, Pod Security Admission included), generated
+# certificates, an admin kubeconfig; everything is torn down on exit, failure or Ctrl-C.
+#
+#   e2e/controlplane/up.sh                 # foreground: prints `export KUBECONFIG=...`, Ctrl-C stops
+#   e2e/controlplane/up.sh -- CMD ARGS...  # runs CMD with KUBECONFIG set, then tears down;
+#                                          # exits with CMD's status
+#
+# Binaries come from build.sh's cache (built first when missing). Environment:
+#   KUBE_HARDENER_CACHE        cache root (see build.sh)
+#   KUBE_HARDENER_KEEP_STATE=1 keep the state directory (logs, certificates) after teardown
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.sh
+source "$here/versions.sh"
+
+log() { printf '[controlplane/up] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+mode=foreground
+if [[ $# -gt 0 ]]; then
+    [[ "$1" == "--" ]] || die "usage: $0 [-- COMMAND ARGS...]"
+    shift
+    [[ $# -gt 0 ]] || die "usage: $0 [-- COMMAND ARGS...]: no command after --"
+    mode=wrap
+fi
+
+command -v openssl >/dev/null 2>&1 || die "openssl is required to generate the control plane's certificates"
+if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" ]]; then
+    "$here/build.sh" >/dev/null
+fi
+
+state="$(mktemp -d "${TMPDIR:-/tmp}/kube-hardener-controlplane.XXXXXX")"
+pids=()
+
+teardown() {
+    local status=$?
+    trap - EXIT INT TERM
+    # The API server first, then its etcd. The state is thrown away, so a
+    # process still draining after 3 s is killed rather than waited for.
+    local i pid
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        pid="${pids[$i]}"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ "${KUBE_HARDENER_KEEP_STATE:-0}" == 1 ]]; then
+        log "state kept in $state"
+    else
+        rm -rf "$state"
+    fi
+    log "control plane stopped"
+    exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A port nothing listens on; the kernel hands out ephemeral ports above 32768,
+# so picking below that avoids racing with outgoing connections.
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 12000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free loopback port found"
+}
+
+show_log_tail() {
+    log "last lines of $1:"
+    tail -n 30 "$1" >&2 || true
+}
+
+# --- certificates -----------------------------------------------------------
+pki="$state/pki"
+mkdir -p "$pki"
+(
+    cd "$pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=kube-hardener-e2e-ca" \
+        -keyout ca.key -out ca.crt 2>/dev/null
+    # Serving certificate of the API server (loopback only).
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+        -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    # Admin client certificate: the system:masters group is cluster-admin under RBAC.
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-hardener-e2e-admin" \
+        -keyout admin.key -out admin.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >admin.ext
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile admin.ext -out admin.crt 2>/dev/null
+    # Service-account token signing key.
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
+    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+) || die "generating certificates with openssl failed"
+
+# --- etcd ---------------------------------------------------------------------
+etcd_port="$(free_port)"
+etcd_peer_port="$(free_port)"
+log "starting etcd ${ETCD_VERSION} on 127.0.0.1:${etcd_port}"
+"$CONTROLPLANE_DIR/etcd" \
+    --name=e2e \
+    --data-dir="$state/etcd" \
+    --listen-client-urls="http://127.0.0.1:${etcd_port}" \
+    --advertise-client-urls="http://127.0.0.1:${etcd_port}" \
+    --listen-peer-urls="http://127.0.0.1:${etcd_peer_port}" \
+    --initial-advertise-peer-urls="http://127.0.0.1:${etcd_peer_port}" \
+    --initial-cluster="e2e=http://127.0.0.1:${etcd_peer_port}" \
+    --unsafe-no-fsync \
+    --log-level=warn \
+    >"$state/etcd.log" 2>&1 &
+pids+=($!)
+
+# --- kube-apiserver -------------------------------------------------------------
+api_port="$(free_port)"
+log "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${api_port}"
+# Webhook calls go to loopback: a proxy inherited from the environment must not
+# intercept them.
+env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy NO_PROXY='*' \
+    "$CONTROLPLANE_DIR/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:${etcd_port}" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --endpoint-reconciler-type=none \
+    --secure-port="$api_port" \
+    --cert-dir="$pki" \
+    --tls-cert-file="$pki/apiserver.crt" \
+    --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --service-account-issuer="https://127.0.0.1:${api_port}" \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/24 \
+    --authorization-mode=RBAC \
+    --allow-privileged=true \
+    --disable-admission-plugins=DefaultStorageClass,StorageObjectInUseProtection,PersistentVolumeClaimResize \
+    --v=1 \
+    >"$state/kube-apiserver.log" 2>&1 &
+pids+=($!)
+
+# --- kubeconfig -----------------------------------------------------------------
+kubeconfig="$state/kubeconfig"
+cat >"$kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: kube-hardener-e2e
+  cluster:
+    server: https://127.0.0.1:${api_port}
+    certificate-authority: $pki/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $pki/admin.crt
+    client-key: $pki/admin.key
+contexts:
+- name: kube-hardener-e2e
+  context:
+    cluster: kube-hardener-e2e
+    user: admin
+current-context: kube-hardener-e2e
+KUBECONFIG
+
+# --- wait for readiness -----------------------------------------------------------
+log "waiting for /readyz"
+deadline=$((SECONDS + 120))
+until curl --silent --fail --max-time 2 --noproxy '*' \
+    --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "https://127.0.0.1:${api_port}/readyz" >/dev/null 2>&1; do
+    for i in "${!pids[@]}"; do
+        if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+            if [[ $i == 0 ]]; then show_log_tail "$state/etcd.log"; else show_log_tail "$state/kube-apiserver.log"; fi
+            die "a control-plane process exited during start-up"
+        fi
+    done
+    if ((SECONDS > deadline)); then
+        show_log_tail "$state/kube-apiserver.log"
+        die "kube-apiserver not ready within 120 s"
+    fi
+    sleep 0.5
+done
+log "control plane ready in ${SECONDS}s (state: $state)"
+
+export KUBECONFIG="$kubeconfig"
+export PATH="$CONTROLPLANE_DIR:$PATH"
+
+if [[ $mode == wrap ]]; then
+    set +e
+    "$@"
+    status=$?
+    set -e
+    if [[ $status -ne 0 ]]; then
+        log "command exited with status $status"
+    fi
+    exit "$status"
+fi
+
+cat <<MSG
+Control plane is up. In another shell:
+
+    export KUBECONFIG=$kubeconfig
+    export PATH=$CONTROLPLANE_DIR:\$PATH   # kubectl ${KUBE_VERSION}
+
+Press Ctrl-C to stop it.
+MSG
+# Exit (and tear down) as soon as either process dies.
+wait -n "${pids[@]}"
+show_log_tail "$state/kube-apiserver.log"
+die "a control-plane process exited"

@@ -1,0 +1,5 @@
+# Sourced by the control-plane scripts: the pinned versions (they must match the
+# go.mod files beside this file) and the cache directory derived from them.
+KUBE_VERSION=v1.37.2
+ETCD_VERSION=v3.6.16
+CONTROLPLANE_DIR="${KUBE_HARDENER_CACHE:-$HOME/.cache/kube-hardener}/controlplane/${KUBE_VERSION}-etcd${ETCD_VERSION#v}"
