@@ -6,9 +6,18 @@
 //! Patches are computed against the object exactly as received, so fields this
 //! crate does not know about are never touched.
 
+mod engine;
+mod opt_out;
 mod outcome;
+mod patch;
+mod pod_spec;
 mod policy;
+mod rules;
 mod setting;
+mod shape;
+mod view;
+mod warnings;
+mod writable;
 
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
 pub use policy::{Policy, SettingSwitches};
@@ -54,8 +63,7 @@ pub fn harden(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Outcome, EngineError> {
-    let _ = (object, ctx, policy);
-    Ok(Outcome::default())
+    engine::harden(object, ctx, policy)
 }
 
 /// Computes the patch for an UPDATE of the `pods/ephemeralcontainers`
@@ -68,6 +76,5 @@ pub fn harden_new_ephemeral_containers(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Outcome, EngineError> {
-    let _ = (new_pod, old_pod, ctx, policy);
-    Ok(Outcome::default())
+    engine::harden_new_ephemeral_containers(new_pod, old_pod, ctx, policy)
 }

@@ -1,0 +1,283 @@
+//! The two entry points: what is looked at, what is skipped, and the
+//! provenance annotation.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use crate::opt_out::{SettingSet, Skip, parse_skip};
+use crate::patch::Tok;
+use crate::pod_spec::Layout;
+use crate::rules::{self, Edits, Rules};
+use crate::shape::{self, Object};
+use crate::view::{ListKind, PodView};
+use crate::{
+    ANNOTATION_APPLIED, ANNOTATION_SKIP, ANNOTATION_WRITABLE_PATHS, Context, Disposition,
+    EngineError, Outcome, Policy, Setting, Warning, WarningKind, writable,
+};
+
+/// Everything decided before the rules run.
+struct Prepared<'v> {
+    layout: Layout,
+    spec: &'v Object,
+    metadata: Option<&'v Object>,
+    skipped: SettingSet,
+    writable_annotation: Option<&'v str>,
+    warnings: Vec<Warning>,
+}
+
+enum Start<'v> {
+    Run(Prepared<'v>),
+    Done(Outcome),
+}
+
+fn done(disposition: Disposition, warnings: Vec<Warning>) -> Result<Start<'static>, EngineError> {
+    Ok(Start::Done(Outcome {
+        disposition,
+        warnings,
+        ..Outcome::default()
+    }))
+}
+
+fn annotation_field(metadata_field: &str, key: &str) -> String {
+    format!("{metadata_field}.annotations[{key}]")
+}
+
+/// Checks the kind, the namespace and the opt-outs.
+fn prepare<'v>(
+    root: &'v Object,
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Start<'v>, EngineError> {
+    let kind = shape::string(root, "", "kind")?.unwrap_or_default();
+    let Some(layout) = Layout::for_kind(kind) else {
+        return done(Disposition::UnsupportedKind(kind.to_owned()), Vec::new());
+    };
+    let object_meta = shape::object(root, "", "metadata")?;
+    let own_namespace = match object_meta {
+        Some(meta) => shape::string(meta, "metadata", "namespace")?,
+        None => None,
+    };
+    let namespace = ctx.namespace.or(own_namespace);
+    if let Some(ns) = namespace.filter(|ns| policy.excluded_namespaces.iter().any(|e| e == ns)) {
+        return done(Disposition::ExcludedNamespace(ns.to_owned()), Vec::new());
+    }
+
+    let mut warnings = Vec::new();
+    let mut skipped = SettingSet::default();
+    let ns_skip = ctx
+        .namespace_annotations
+        .and_then(|annotations| annotations.get(ANNOTATION_SKIP));
+    if let Some(value) = ns_skip {
+        let field = annotation_field("namespace.metadata", ANNOTATION_SKIP);
+        match parse_skip(value, &field, &mut warnings) {
+            Skip::All => return done(Disposition::SkippedAll, Vec::new()),
+            Skip::Some(set) => skipped = set,
+        }
+    }
+
+    let (spec, metadata) = layout.locate(root)?;
+    let annotations = match metadata {
+        Some(meta) => shape::object(meta, layout.metadata_field, "annotations")?,
+        None => None,
+    };
+    let annotations_field = shape::join(layout.metadata_field, "annotations");
+    let annotation = |key: &str| -> Result<Option<&'v str>, EngineError> {
+        match annotations {
+            Some(map) => shape::string(map, &annotations_field, key),
+            None => Ok(None),
+        }
+    };
+    if let Some(value) = annotation(ANNOTATION_SKIP)? {
+        let field = annotation_field(layout.metadata_field, ANNOTATION_SKIP);
+        if policy.allow_pod_opt_out {
+            match parse_skip(value, &field, &mut warnings) {
+                Skip::All => return done(Disposition::SkippedAll, warnings),
+                Skip::Some(set) => skipped = skipped.union(set),
+            }
+        } else {
+            warnings.push(Warning {
+                kind: WarningKind::Annotation,
+                field,
+                message: "ignored: pod-level opt-out is not allowed; ask for a namespace opt-out"
+                    .to_owned(),
+            });
+        }
+    }
+    let writable_annotation = annotation(ANNOTATION_WRITABLE_PATHS)?;
+    // Validated here so that a malformed value fails before any rule runs.
+    annotation(ANNOTATION_APPLIED)?;
+    Ok(Start::Run(Prepared {
+        layout,
+        spec,
+        metadata,
+        skipped,
+        writable_annotation,
+        warnings,
+    }))
+}
+
+fn writable_paths<'a>(
+    prepared: &Prepared<'a>,
+    policy: &'a Policy,
+    warnings: &mut Vec<Warning>,
+) -> Vec<&'a str> {
+    match prepared.writable_annotation {
+        Some(value) => writable::collect(
+            value.split(','),
+            &annotation_field(prepared.layout.metadata_field, ANNOTATION_WRITABLE_PATHS),
+            warnings,
+        ),
+        None => writable::collect(
+            policy.writable_paths.iter().map(String::as_str),
+            "hardening.writable_paths",
+            warnings,
+        ),
+    }
+}
+
+pub(crate) fn harden(
+    object: &Value,
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Outcome, EngineError> {
+    let root = object.as_object().ok_or(EngineError::NotAnObject)?;
+    let mut prepared = match prepare(root, ctx, policy)? {
+        Start::Done(outcome) => return Ok(outcome),
+        Start::Run(prepared) => prepared,
+    };
+    let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
+    let mut warnings = std::mem::take(&mut prepared.warnings);
+    let rules = Rules {
+        policy,
+        skipped: prepared.skipped,
+        pod: &pod,
+        spec: prepared.layout.spec_tokens(),
+        writable_paths: writable_paths(&prepared, policy, &mut warnings),
+    };
+    let mut edits = Edits::new(object);
+    edits.warnings = warnings;
+    rules::harden_pod(&rules, &mut edits);
+    if !edits.applied.is_empty() {
+        annotate_applied(&prepared, &mut edits);
+    }
+    Ok(finish(edits))
+}
+
+fn finish(edits: Edits<'_>) -> Outcome {
+    let applied = edits.applied.to_vec();
+    Outcome {
+        disposition: Disposition::Hardened,
+        patch: edits.patch.finish(),
+        applied,
+        warnings: edits.warnings,
+    }
+}
+
+/// Writes `kube-hardener.io/applied` on the pod (template) metadata: the union
+/// of what an earlier pass recorded and what this pass injected, in canonical
+/// order, so the annotation never forgets why a field is there.
+fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
+    let metadata: Vec<Tok> = prepared.layout.metadata_tokens();
+    let existing = prepared
+        .metadata
+        .and_then(|meta| shape::present(meta, "annotations"))
+        .and_then(|annotations| annotations.get(ANNOTATION_APPLIED))
+        .and_then(Value::as_str);
+    let Some(old) = existing else {
+        let mut annotations = metadata;
+        annotations.push(Cow::Borrowed("annotations"));
+        let value = render_applied(edits.applied, &[]);
+        edits.patch.set(&annotations, ANNOTATION_APPLIED, Value::from(value));
+        return;
+    };
+    let mut previous = SettingSet::default();
+    let mut unknown: Vec<&str> = Vec::new();
+    for name in old.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name.parse::<Setting>() {
+            Ok(setting) => previous.insert(setting),
+            Err(_) => unknown.push(name),
+        }
+    }
+    let union = previous.union(edits.applied);
+    if union == previous {
+        return;
+    }
+    let mut path = metadata;
+    path.push(Cow::Borrowed("annotations"));
+    path.push(Cow::Borrowed(ANNOTATION_APPLIED));
+    edits.patch.replace(path, Value::from(render_applied(union, &unknown)));
+}
+
+fn render_applied(settings: SettingSet, extra: &[&str]) -> String {
+    let mut names: Vec<&str> = settings.to_vec().into_iter().map(Setting::name).collect();
+    names.extend_from_slice(extra);
+    names.join(",")
+}
+
+pub(crate) fn harden_new_ephemeral_containers(
+    new_pod: &Value,
+    old_pod: &Value,
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<Outcome, EngineError> {
+    let root = new_pod.as_object().ok_or(EngineError::NotAnObject)?;
+    let kind = shape::string(root, "", "kind")?.unwrap_or_default();
+    if kind != "Pod" {
+        return Ok(Outcome {
+            disposition: Disposition::UnsupportedKind(kind.to_owned()),
+            ..Outcome::default()
+        });
+    }
+    let mut prepared = match prepare(root, ctx, policy)? {
+        Start::Done(outcome) => return Ok(outcome),
+        Start::Run(prepared) => prepared,
+    };
+    let old_names = old_ephemeral_names(old_pod)?;
+    let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
+    let mut warnings = std::mem::take(&mut prepared.warnings);
+    let rules = Rules {
+        policy,
+        skipped: prepared.skipped,
+        pod: &pod,
+        spec: prepared.layout.spec_tokens(),
+        writable_paths: writable_paths(&prepared, policy, &mut warnings),
+    };
+    let mut edits = Edits::new(new_pod);
+    edits.warnings = warnings;
+    rules::harden_new_ephemeral(&rules, &mut edits, |c| {
+        c.list == ListKind::EphemeralContainers
+            && match c.name {
+                Some(name) => !old_names.names.contains(&name),
+                None => c.index >= old_names.count,
+            }
+    });
+    Ok(finish(edits))
+}
+
+struct OldEphemeral<'v> {
+    names: Vec<&'v str>,
+    count: usize,
+}
+
+fn old_ephemeral_names(old_pod: &Value) -> Result<OldEphemeral<'_>, EngineError> {
+    let root = old_pod.as_object().ok_or(EngineError::NotAnObject)?;
+    let Some(spec) = shape::object(root, "oldObject", "spec")? else {
+        return Ok(OldEphemeral {
+            names: Vec::new(),
+            count: 0,
+        });
+    };
+    let containers = shape::objects(spec, "oldObject.spec", "ephemeralContainers")?;
+    let mut names = Vec::with_capacity(containers.len());
+    for (i, container) in containers.iter().enumerate() {
+        let at = format!("oldObject.spec.ephemeralContainers[{i}]");
+        if let Some(name) = shape::string(container, &at, "name")? {
+            names.push(name);
+        }
+    }
+    Ok(OldEphemeral {
+        names,
+        count: containers.len(),
+    })
+}

@@ -1,0 +1,118 @@
+//! Configured IDs: `runAsUser`, `runAsGroup`, `fsGroup`, and the
+//! `fsGroupChangePolicy` that goes with any `fsGroup`.
+
+use serde_json::Value;
+
+use super::{Edits, Rules};
+use crate::Setting;
+
+/// The configured UID, when it will be injected: only if no container and
+/// not the pod chose one (a per-container choice means the images differ).
+pub(super) fn uid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
+    let pod = rules.pod;
+    let unset = pod.sc.run_as_user.is_none()
+        && pod.containers.iter().all(|c| c.sc.run_as_user.is_none());
+    rules
+        .policy
+        .run_as_user
+        .filter(|_| unset && rules.enabled(Setting::RunAsUser))
+}
+
+pub(super) fn gid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
+    let pod = rules.pod;
+    let unset = pod.sc.run_as_group.is_none()
+        && pod.containers.iter().all(|c| c.sc.run_as_group.is_none());
+    rules
+        .policy
+        .run_as_group
+        .filter(|_| unset && rules.enabled(Setting::RunAsGroup))
+}
+
+pub(super) fn inject_ids<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, uid: Option<i64>, gid: Option<i64>) {
+    let sc = rules.pod_sc();
+    if let Some(uid) = uid {
+        edits.inject(Setting::RunAsUser, &sc, "runAsUser", Value::from(uid));
+    }
+    if let Some(gid) = gid {
+        edits.inject(Setting::RunAsGroup, &sc, "runAsGroup", Value::from(gid));
+    }
+}
+
+pub(super) fn fs_group<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
+    let sc = rules.pod_sc();
+    let mut has_fs_group = rules.pod.sc.fs_group.is_some();
+    if !has_fs_group && rules.enabled(Setting::FsGroup) {
+        if let Some(gid) = rules.policy.fs_group {
+            edits.inject(Setting::FsGroup, &sc, "fsGroup", Value::from(gid));
+            has_fs_group = true;
+        }
+    }
+    // Without a policy the kubelet chowns every file of every volume on each
+    // mount; OnRootMismatch does it only when the volume root is not right.
+    if has_fs_group
+        && rules.pod.sc.fs_group_change_policy.is_none()
+        && rules.enabled(Setting::FsGroupChangePolicy)
+    {
+        edits.inject(
+            Setting::FsGroupChangePolicy,
+            &sc,
+            "fsGroupChangePolicy",
+            Value::from("OnRootMismatch"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use crate::opt_out::SettingSet;
+    use crate::{Policy, Setting};
+    use serde_json::{Value, json};
+
+    fn ids_policy() -> Policy {
+        let mut policy = only(Setting::FsGroupChangePolicy);
+        policy.run_as_user = Some(1000);
+        policy.run_as_group = Some(3000);
+        policy.fs_group = Some(2000);
+        policy
+    }
+
+    #[test]
+    fn configured_ids_fill_in_what_is_unset_everywhere() {
+        let cases = [
+            (json!({"containers": [{"name": "a"}]}),
+             json!({"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
+            (json!({"securityContext": {"runAsUser": 7}, "containers": [{"name": "a"}]}),
+             json!({"runAsUser": 7, "runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
+            (json!({"containers": [{"name": "a", "securityContext": {"runAsUser": 7}}]}),
+             json!({"runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
+            (json!({"initContainers": [{"name": "i", "securityContext": {"runAsGroup": 7}}], "containers": [{"name": "a"}]}),
+             json!({"runAsUser": 1000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
+            (json!({"securityContext": {"fsGroup": 5}, "containers": []}),
+             json!({"fsGroup": 5, "runAsUser": 1000, "runAsGroup": 3000, "fsGroupChangePolicy": "OnRootMismatch"})),
+            (json!({"securityContext": {"fsGroup": 5, "fsGroupChangePolicy": "Always"}, "containers": []}),
+             json!({"fsGroup": 5, "fsGroupChangePolicy": "Always", "runAsUser": 1000, "runAsGroup": 3000})),
+            (json!({"os": {"name": "windows"}, "containers": []}), Value::Null),
+        ];
+        for (spec, expected) in cases {
+            let run = run_with(spec.clone(), &ids_policy(), SettingSet::default(), None);
+            assert_eq!(run.output["securityContext"], expected, "{spec}");
+        }
+    }
+
+    #[test]
+    fn change_policy_follows_a_user_fs_group_without_configured_ids() {
+        let policy = only(Setting::FsGroupChangePolicy);
+        let run = run_with(json!({"securityContext": {"fsGroup": 5}}), &policy, SettingSet::default(), None);
+        assert_eq!(run.output["securityContext"]["fsGroupChangePolicy"], json!("OnRootMismatch"));
+        assert_eq!(run.applied, vec![Setting::FsGroupChangePolicy]);
+
+        let run = run_with(json!({"containers": []}), &policy, SettingSet::default(), None);
+        assert_eq!(run.ops, 0, "no fsGroup, no policy");
+
+        let mut skipped = SettingSet::default();
+        skipped.insert(Setting::FsGroupChangePolicy);
+        let run = run_with(json!({"securityContext": {"fsGroup": 5}}), &policy, skipped, None);
+        assert_eq!(run.ops, 0);
+    }
+}

@@ -1,0 +1,249 @@
+//! `runAsNonRoot`: pod level when every container can run as non-root,
+//! otherwise per container on those that can.
+//!
+//! The kubelet refuses to start a container with `runAsNonRoot: true` whose
+//! effective UID is 0, so such a container never gets it.
+
+use serde_json::Value;
+
+use super::{Edits, Rules};
+use crate::view::ContainerView;
+use crate::{Setting, WarningKind};
+
+/// Why a container cannot get `runAsNonRoot: true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conflict {
+    ExplicitFalse,
+    RootUid,
+}
+
+/// `pod_uid` is the pod's effective UID: its explicit `runAsUser` or the one
+/// injected from the configuration.
+fn conflict(container: &ContainerView<'_>, pod_uid: Option<i64>) -> Option<Conflict> {
+    if container.sc.run_as_non_root == Some(false) {
+        Some(Conflict::ExplicitFalse)
+    } else if container.sc.run_as_user.or(pod_uid) == Some(0) {
+        Some(Conflict::RootUid)
+    } else {
+        None
+    }
+}
+
+fn warn_conflict(edits: &mut Edits<'_>, container: &ContainerView<'_>, conflict: Conflict) {
+    match conflict {
+        Conflict::ExplicitFalse => edits.warn(
+            WarningKind::ExplicitInsecure,
+            format!("{}.securityContext.runAsNonRoot", container.field),
+            "is false; left as set, the container may run as root",
+        ),
+        Conflict::RootUid => edits.warn(
+            WarningKind::NotInjected,
+            format!("{}.securityContext.runAsNonRoot", container.field),
+            "not set: the container runs as UID 0",
+        ),
+    }
+}
+
+/// Returns `false` when the pod level decides for every container (an explicit
+/// value there), after warning about insecure explicit values.
+fn pod_level_open(rules: &Rules<'_, '_>, edits: &mut Edits<'_>) -> bool {
+    match rules.pod.sc.run_as_non_root {
+        None => true,
+        Some(false) => {
+            edits.warn(
+                WarningKind::ExplicitInsecure,
+                format!("{}.securityContext.runAsNonRoot", rules.pod.field),
+                "is false; left as set, containers may run as root",
+            );
+            false
+        }
+        Some(true) => false,
+    }
+}
+
+pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid: Option<i64>) {
+    if !rules.enabled(Setting::RunAsNonRoot) {
+        return;
+    }
+    let containers = &rules.pod.containers;
+    let pod_uid = rules.pod.sc.run_as_user.or(injected_uid);
+    if !pod_level_open(rules, edits) {
+        if rules.pod.sc.run_as_non_root == Some(true) {
+            for c in containers.iter().filter(|c| c.sc.run_as_non_root == Some(false)) {
+                warn_conflict(edits, c, Conflict::ExplicitFalse);
+            }
+        }
+        return;
+    }
+    if containers.iter().all(|c| conflict(c, pod_uid).is_none()) {
+        edits.inject(Setting::RunAsNonRoot, &rules.pod_sc(), "runAsNonRoot", Value::Bool(true));
+        return;
+    }
+    for container in containers {
+        per_container(rules, edits, container, pod_uid);
+    }
+}
+
+fn per_container<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+    pod_uid: Option<i64>,
+) {
+    match conflict(container, pod_uid) {
+        Some(conflict) => warn_conflict(edits, container, conflict),
+        None if container.sc.run_as_non_root.is_none() => edits.inject(
+            Setting::RunAsNonRoot,
+            &container.sc_tokens(&rules.spec),
+            "runAsNonRoot",
+            Value::Bool(true),
+        ),
+        None => {}
+    }
+}
+
+/// A new ephemeral container: the pod-level value (if any) already covers it.
+pub(super) fn new_container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+    if !rules.enabled(Setting::RunAsNonRoot) {
+        return;
+    }
+    match rules.pod.sc.run_as_non_root {
+        Some(true) => {
+            if container.sc.run_as_non_root == Some(false) {
+                warn_conflict(edits, container, Conflict::ExplicitFalse);
+            }
+        }
+        Some(false) => {}
+        None => per_container(rules, edits, container, rules.pod.sc.run_as_user),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use crate::opt_out::SettingSet;
+    use crate::{Policy, Setting, WarningKind};
+    use serde_json::{Value, json};
+
+    fn rnr(run: &Value, list: &str, i: usize) -> Value {
+        run[list][i]["securityContext"]["runAsNonRoot"].clone()
+    }
+
+    #[test]
+    fn pod_level_when_nothing_conflicts() {
+        let cases = [
+            json!({"containers": [{"name": "a"}]}),
+            json!({"containers": [{"name": "a", "securityContext": {"runAsUser": 1000}}]}),
+            json!({"securityContext": {"runAsUser": 1000}, "containers": [{"name": "a"}]}),
+            json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": true}}]}),
+            json!({"containers": [{"name": "a"}], "initContainers": [{"name": "i"}],
+                   "ephemeralContainers": [{"name": "e"}]}),
+        ];
+        for spec in cases {
+            let run = run_with(spec.clone(), &only(Setting::RunAsNonRoot), SettingSet::default(), None);
+            assert_eq!(run.output["securityContext"]["runAsNonRoot"], json!(true), "{spec}");
+            assert_eq!(run.applied, vec![Setting::RunAsNonRoot]);
+            assert!(run.warnings.is_empty(), "{spec}");
+            assert_eq!(run.ops, 1);
+        }
+    }
+
+    #[test]
+    fn per_container_when_some_container_runs_as_root() {
+        // (spec, expected runAsNonRoot per (list, index), warning kinds)
+        let cases = [
+            (
+                json!({"containers": [{"name": "a"}, {"name": "root", "securityContext": {"runAsUser": 0}}]}),
+                vec![("containers", 0, json!(true)), ("containers", 1, Value::Null)],
+                vec![WarningKind::NotInjected],
+            ),
+            (
+                json!({"securityContext": {"runAsUser": 0},
+                       "containers": [{"name": "a"}, {"name": "b", "securityContext": {"runAsUser": 1000}}]}),
+                vec![("containers", 0, Value::Null), ("containers", 1, json!(true))],
+                vec![WarningKind::NotInjected],
+            ),
+            (
+                json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": false}}],
+                       "initContainers": [{"name": "i"}], "ephemeralContainers": [{"name": "e"}]}),
+                vec![("containers", 0, json!(false)), ("initContainers", 0, json!(true)),
+                     ("ephemeralContainers", 0, json!(true))],
+                vec![WarningKind::ExplicitInsecure],
+            ),
+            (
+                json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": true}},
+                                      {"name": "e", "securityContext": {"runAsUser": 0}}]}),
+                vec![("containers", 0, json!(true)), ("containers", 1, Value::Null)],
+                vec![WarningKind::NotInjected],
+            ),
+        ];
+        for (spec, expected, warnings) in cases {
+            let run = run_with(spec.clone(), &only(Setting::RunAsNonRoot), SettingSet::default(), None);
+            assert_eq!(run.output["securityContext"].get("runAsNonRoot"), None, "{spec}");
+            for (list, i, value) in expected {
+                assert_eq!(rnr(&run.output, list, i), value, "{spec} {list}[{i}]");
+            }
+            assert_eq!(kinds(&run), warnings, "{spec}");
+        }
+    }
+
+    #[test]
+    fn configured_uid_zero_counts_as_the_pods_uid() {
+        let mut policy = only(Setting::RunAsNonRoot);
+        policy.run_as_user = Some(0);
+        let run = run_with(
+            json!({"containers": [{"name": "a"}, {"name": "b", "securityContext": {"runAsUser": 5}}]}),
+            &policy,
+            SettingSet::default(),
+            None,
+        );
+        // b sets its own runAsUser, so the configured UID is not injected and
+        // does not count: both containers are clean.
+        assert_eq!(run.output["securityContext"]["runAsNonRoot"], json!(true));
+
+        let run = run_with(json!({"containers": [{"name": "a"}]}), &policy, SettingSet::default(), None);
+        assert_eq!(run.output["securityContext"], json!({"runAsUser": 0}));
+        assert_eq!(kinds(&run), vec![WarningKind::NotInjected]);
+    }
+
+    #[test]
+    fn explicit_pod_value_is_kept() {
+        let run = run_with(
+            json!({"securityContext": {"runAsNonRoot": false}, "containers": [{"name": "a"}]}),
+            &only(Setting::RunAsNonRoot),
+            SettingSet::default(),
+            None,
+        );
+        assert_eq!(run.ops, 0);
+        assert_eq!(run.warnings[0].1, "spec.securityContext.runAsNonRoot");
+        assert_eq!(kinds(&run), vec![WarningKind::ExplicitInsecure]);
+
+        let run = run_with(
+            json!({"securityContext": {"runAsNonRoot": true},
+                   "containers": [{"name": "a", "securityContext": {"runAsNonRoot": false}}]}),
+            &only(Setting::RunAsNonRoot),
+            SettingSet::default(),
+            None,
+        );
+        assert_eq!(run.ops, 0);
+        assert_eq!(run.warnings[0].1, "spec.containers{a}.securityContext.runAsNonRoot");
+    }
+
+    #[test]
+    fn new_ephemeral_containers_get_it_unless_the_pod_has_it() {
+        let policy = Policy::default();
+        let cases = [
+            (json!({}), json!(true)),
+            (json!({"runAsNonRoot": true}), Value::Null),
+            (json!({"runAsNonRoot": false}), Value::Null),
+            (json!({"runAsUser": 0}), Value::Null),
+        ];
+        for (pod_sc, expected) in cases {
+            let spec = json!({"securityContext": pod_sc, "containers": [{"name": "a"}],
+                              "ephemeralContainers": [{"name": "dbg"}]});
+            let run = run_with(spec, &policy, SettingSet::default(), Some(&["dbg"]));
+            assert_eq!(rnr(&run.output, "ephemeralContainers", 0), expected, "{pod_sc}");
+            assert_eq!(run.output["containers"][0], json!({"name": "a"}));
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! A shape-checked, borrowed view of the parts of a pod spec the rules read.
+//!
+//! Everything is validated here, once, before any rule runs: a malformed
+//! object fails as a whole with a typed error instead of half a patch.
+
+use std::borrow::Cow;
+
+use crate::EngineError;
+use crate::patch::Tok;
+use crate::shape::{self, Object};
+
+/// The three container lists of a pod spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListKind {
+    Containers,
+    InitContainers,
+    EphemeralContainers,
+}
+
+impl ListKind {
+    pub(crate) const ALL: [ListKind; 3] = [
+        ListKind::Containers,
+        ListKind::InitContainers,
+        ListKind::EphemeralContainers,
+    ];
+
+    pub(crate) const fn key(self) -> &'static str {
+        match self {
+            ListKind::Containers => "containers",
+            ListKind::InitContainers => "initContainers",
+            ListKind::EphemeralContainers => "ephemeralContainers",
+        }
+    }
+}
+
+/// The security-relevant fields of a pod- or container-level `securityContext`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SecurityContext<'v> {
+    pub run_as_non_root: Option<bool>,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    /// `Some` when `seccompProfile` is set; the inner value is its `type`.
+    pub seccomp: Option<Option<&'v str>>,
+    pub se_linux_type: Option<&'v str>,
+    // Container level only.
+    pub privileged: Option<bool>,
+    pub allow_privilege_escalation: Option<bool>,
+    pub read_only_root_filesystem: Option<bool>,
+    pub proc_mount: Option<&'v str>,
+    pub drop: Option<Vec<&'v str>>,
+    pub add: Vec<&'v str>,
+    // Pod level only.
+    pub fs_group: Option<i64>,
+    pub fs_group_change_policy: Option<&'v str>,
+    pub sysctls: Vec<&'v str>,
+}
+
+impl<'v> SecurityContext<'v> {
+    fn parse(owner: &'v Object, base: &str, pod_level: bool) -> Result<Self, EngineError> {
+        let Some(sc) = shape::object(owner, base, "securityContext")? else {
+            return Ok(SecurityContext::default());
+        };
+        let at = shape::join(base, "securityContext");
+        let mut out = SecurityContext {
+            run_as_non_root: shape::boolean(sc, &at, "runAsNonRoot")?,
+            run_as_user: shape::integer(sc, &at, "runAsUser")?,
+            run_as_group: shape::integer(sc, &at, "runAsGroup")?,
+            ..SecurityContext::default()
+        };
+        if let Some(seccomp) = shape::object(sc, &at, "seccompProfile")? {
+            out.seccomp = Some(shape::string(seccomp, &shape::join(&at, "seccompProfile"), "type")?);
+        }
+        if let Some(selinux) = shape::object(sc, &at, "seLinuxOptions")? {
+            out.se_linux_type = shape::string(selinux, &shape::join(&at, "seLinuxOptions"), "type")?;
+        }
+        if pod_level {
+            out.fs_group = shape::integer(sc, &at, "fsGroup")?;
+            out.fs_group_change_policy = shape::string(sc, &at, "fsGroupChangePolicy")?;
+            let sysctls_at = shape::join(&at, "sysctls");
+            for (i, sysctl) in shape::objects(sc, &at, "sysctls")?.into_iter().enumerate() {
+                let name = shape::string(sysctl, &format!("{sysctls_at}[{i}]"), "name")?;
+                out.sysctls.push(name.unwrap_or_default());
+            }
+        } else {
+            out.privileged = shape::boolean(sc, &at, "privileged")?;
+            out.allow_privilege_escalation = shape::boolean(sc, &at, "allowPrivilegeEscalation")?;
+            out.read_only_root_filesystem = shape::boolean(sc, &at, "readOnlyRootFilesystem")?;
+            out.proc_mount = shape::string(sc, &at, "procMount")?;
+            if let Some(caps) = shape::object(sc, &at, "capabilities")? {
+                let caps_at = shape::join(&at, "capabilities");
+                out.drop = shape::strings(caps, &caps_at, "drop")?;
+                out.add = shape::strings(caps, &caps_at, "add")?.unwrap_or_default();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One entry of `containers`, `initContainers` or `ephemeralContainers`.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerView<'v> {
+    pub list: ListKind,
+    pub index: usize,
+    pub name: Option<&'v str>,
+    /// Field path for messages: `spec.containers{app}`, or
+    /// `spec.containers[0]` when the container has no name.
+    pub field: String,
+    pub sc: SecurityContext<'v>,
+    pub mount_paths: Vec<&'v str>,
+    pub mount_names: Vec<&'v str>,
+}
+
+impl ContainerView<'_> {
+    /// Pointer tokens of the container itself.
+    pub(crate) fn tokens(&self, spec: &[Tok]) -> Vec<Tok> {
+        let mut tokens = spec.to_vec();
+        tokens.push(Cow::Borrowed(self.list.key()));
+        tokens.push(Cow::Owned(self.index.to_string()));
+        tokens
+    }
+
+    /// Pointer tokens of the container's `securityContext`.
+    pub(crate) fn sc_tokens(&self, spec: &[Tok]) -> Vec<Tok> {
+        let mut tokens = self.tokens(spec);
+        tokens.push(Cow::Borrowed("securityContext"));
+        tokens
+    }
+
+    /// A name unique among the pod's containers even when `name` is missing
+    /// (used to derive volume names).
+    pub(crate) fn key(&self) -> Cow<'_, str> {
+        match self.name {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(format!("{}-{}", self.list.key(), self.index)),
+        }
+    }
+
+    /// Whether the container mounts something at `path` (trailing slashes
+    /// do not count, as for the kubelet).
+    pub(crate) fn mounts(&self, path: &str) -> bool {
+        let wanted = trim_path(path);
+        self.mount_paths.iter().any(|p| trim_path(p) == wanted)
+    }
+}
+
+/// `path` without trailing slashes, except that the root stays `/`.
+pub(crate) fn trim_path(path: &str) -> &str {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() && path.starts_with('/') {
+        "/"
+    } else {
+        trimmed
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct VolumeView<'v> {
+    pub name: Option<&'v str>,
+    pub host_path: bool,
+}
+
+/// The pod spec as the rules see it.
+#[derive(Debug, Clone)]
+pub(crate) struct PodView<'v> {
+    /// `spec`, `spec.template.spec`, … for messages.
+    pub field: &'static str,
+    pub sc: SecurityContext<'v>,
+    pub windows: bool,
+    pub containers: Vec<ContainerView<'v>>,
+    pub volumes: Vec<VolumeView<'v>>,
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+}
+
+impl<'v> PodView<'v> {
+    pub(crate) fn parse(spec: &'v Object, field: &'static str) -> Result<Self, EngineError> {
+        let windows = match shape::object(spec, field, "os")? {
+            Some(os) => shape::string(os, &shape::join(field, "os"), "name")? == Some("windows"),
+            None => false,
+        };
+        let mut containers = Vec::new();
+        for list in ListKind::ALL {
+            let items = shape::objects(spec, field, list.key())?;
+            for (index, container) in items.into_iter().enumerate() {
+                let at = format!("{field}.{}[{index}]", list.key());
+                containers.push(parse_container(container, list, index, field, &at)?);
+            }
+        }
+        let mut volumes = Vec::new();
+        for (i, volume) in shape::objects(spec, field, "volumes")?.into_iter().enumerate() {
+            let at = format!("{field}.volumes[{i}]");
+            volumes.push(VolumeView {
+                name: shape::string(volume, &at, "name")?,
+                host_path: shape::present(volume, "hostPath").is_some(),
+            });
+        }
+        Ok(PodView {
+            field,
+            sc: SecurityContext::parse(spec, field, true)?,
+            windows,
+            containers,
+            volumes,
+            host_network: shape::boolean(spec, field, "hostNetwork")?.unwrap_or(false),
+            host_pid: shape::boolean(spec, field, "hostPID")?.unwrap_or(false),
+            host_ipc: shape::boolean(spec, field, "hostIPC")?.unwrap_or(false),
+        })
+    }
+}
+
+fn parse_container<'v>(
+    container: &'v Object,
+    list: ListKind,
+    index: usize,
+    spec_field: &str,
+    at: &str,
+) -> Result<ContainerView<'v>, EngineError> {
+    let name = shape::string(container, at, "name")?;
+    let mut mount_paths = Vec::new();
+    let mut mount_names = Vec::new();
+    for (i, mount) in shape::objects(container, at, "volumeMounts")?
+        .into_iter()
+        .enumerate()
+    {
+        let mount_at = format!("{at}.volumeMounts[{i}]");
+        if let Some(path) = shape::string(mount, &mount_at, "mountPath")? {
+            mount_paths.push(path);
+        }
+        if let Some(name) = shape::string(mount, &mount_at, "name")? {
+            mount_names.push(name);
+        }
+    }
+    let field = match name {
+        Some(name) => format!("{spec_field}.{}{{{}}}", list.key(), shape::clip(name, 63)),
+        None => at.to_owned(),
+    };
+    Ok(ContainerView {
+        list,
+        index,
+        name,
+        field,
+        sc: SecurityContext::parse(container, at, false)?,
+        mount_paths,
+        mount_names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parse(spec: Value) -> Result<PodView<'static>, EngineError> {
+        let leaked: &'static Value = Box::leak(Box::new(spec));
+        PodView::parse(leaked.as_object().unwrap(), "spec")
+    }
+
+    #[test]
+    fn reads_every_list_in_order_with_names_and_fields() {
+        let pod = parse(json!({
+            "containers": [{"name": "app"}, {}],
+            "initContainers": [{"name": "init", "restartPolicy": "Always"}],
+            "ephemeralContainers": [{"name": "debug"}]
+        }))
+        .unwrap();
+        let seen: Vec<_> = pod
+            .containers
+            .iter()
+            .map(|c| (c.list, c.index, c.field.as_str(), c.key().into_owned()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (ListKind::Containers, 0, "spec.containers{app}", "app".to_owned()),
+                (ListKind::Containers, 1, "spec.containers[1]", "containers-1".to_owned()),
+                (ListKind::InitContainers, 0, "spec.initContainers{init}", "init".to_owned()),
+                (ListKind::EphemeralContainers, 0, "spec.ephemeralContainers{debug}", "debug".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_security_contexts_at_both_levels() {
+        let pod = parse(json!({
+            "os": {"name": "windows"},
+            "hostPID": true,
+            "securityContext": {"runAsNonRoot": false, "runAsUser": 0, "fsGroup": 2000,
+                "fsGroupChangePolicy": "Always", "sysctls": [{"name": "kernel.msgmax", "value": "1"}],
+                "seccompProfile": {"type": "Unconfined"}},
+            "containers": [{"name": "a", "securityContext": {"privileged": true,
+                "capabilities": {"add": ["SYS_ADMIN"], "drop": ["all"]}, "procMount": "Unmasked",
+                "seLinuxOptions": {"type": "spc_t"}, "readOnlyRootFilesystem": false},
+                "volumeMounts": [{"name": "t", "mountPath": "/tmp/"}]}],
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}, {"name": "e", "emptyDir": {}}]
+        }))
+        .unwrap();
+        assert!(pod.windows && pod.host_pid && !pod.host_network && !pod.host_ipc);
+        assert_eq!(pod.sc.run_as_non_root, Some(false));
+        assert_eq!(pod.sc.run_as_user, Some(0));
+        assert_eq!(pod.sc.fs_group, Some(2000));
+        assert_eq!(pod.sc.fs_group_change_policy, Some("Always"));
+        assert_eq!(pod.sc.sysctls, vec!["kernel.msgmax"]);
+        assert_eq!(pod.sc.seccomp, Some(Some("Unconfined")));
+        let c = &pod.containers[0];
+        assert_eq!(c.sc.privileged, Some(true));
+        assert_eq!(c.sc.add, vec!["SYS_ADMIN"]);
+        assert_eq!(c.sc.drop, Some(vec!["all"]));
+        assert_eq!(c.sc.proc_mount, Some("Unmasked"));
+        assert_eq!(c.sc.se_linux_type, Some("spc_t"));
+        assert_eq!(c.sc.read_only_root_filesystem, Some(false));
+        assert!(c.mounts("/tmp") && c.mounts("/tmp//") && !c.mounts("/tm"));
+        assert_eq!(c.mount_names, vec!["t"]);
+        assert_eq!(pod.volumes.len(), 2);
+        assert!(pod.volumes[0].host_path && !pod.volumes[1].host_path);
+    }
+
+    #[test]
+    fn malformed_shapes_are_typed_errors_naming_the_field() {
+        let cases = [
+            (json!({"containers": {}}), "spec.containers", "an array"),
+            (json!({"containers": ["x"]}), "spec.containers[0]", "an object"),
+            (json!({"containers": [{"name": 1}]}), "spec.containers[0].name", "a string"),
+            (json!({"containers": [{"securityContext": "x"}]}), "spec.containers[0].securityContext", "an object"),
+            (json!({"initContainers": [{"securityContext": {"privileged": "yes"}}]}),
+                "spec.initContainers[0].securityContext.privileged", "a boolean"),
+            (json!({"containers": [{"securityContext": {"capabilities": {"drop": "ALL"}}}]}),
+                "spec.containers[0].securityContext.capabilities.drop", "an array"),
+            (json!({"containers": [{"securityContext": {"capabilities": {"add": [1]}}}]}),
+                "spec.containers[0].securityContext.capabilities.add[0]", "a string"),
+            (json!({"containers": [{"volumeMounts": [{"mountPath": 5}]}]}),
+                "spec.containers[0].volumeMounts[0].mountPath", "a string"),
+            (json!({"securityContext": {"runAsUser": "0"}}), "spec.securityContext.runAsUser", "an integer"),
+            (json!({"securityContext": {"seccompProfile": "RuntimeDefault"}}), "spec.securityContext.seccompProfile", "an object"),
+            (json!({"securityContext": {"sysctls": [{"name": 1}]}}), "spec.securityContext.sysctls[0].name", "a string"),
+            (json!({"os": {"name": 1}}), "spec.os.name", "a string"),
+            (json!({"volumes": [{"name": []}]}), "spec.volumes[0].name", "a string"),
+            (json!({"hostNetwork": "true"}), "spec.hostNetwork", "a boolean"),
+        ];
+        for (spec, path, expected) in cases {
+            let err = parse(spec.clone()).unwrap_err();
+            assert_eq!(
+                err,
+                EngineError::WrongType { path: path.to_owned(), expected },
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_with_odd_types_are_not_read() {
+        let pod = parse(json!({
+            "securityContext": {"privileged": "not a pod field", "futureField": [1]},
+            "containers": [{"securityContext": {"fsGroup": "not a container field"}, "x-extra": 1}]
+        }));
+        assert!(pod.is_ok());
+    }
+
+    #[test]
+    fn trim_path_keeps_root() {
+        assert_eq!(trim_path("/tmp///"), "/tmp");
+        assert_eq!(trim_path("/"), "/");
+        assert_eq!(trim_path("//"), "/");
+        assert_eq!(trim_path("rel/"), "rel");
+    }
+}
