@@ -24,9 +24,17 @@ mkdir -p "$CONTROLPLANE_DIR"
 log "go: $(go version)"
 log "cache: $CONTROLPLANE_DIR"
 
-# build NAME MODULE_DIR PACKAGE
+# Without these the binaries report v0.0.0-master, and kubectl warns about skew.
+kube_minor="${KUBE_VERSION#v1.}"
+kube_minor="${kube_minor%%.*}"
+kube_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    kube_ldflags+=" -X $pkg.gitVersion=${KUBE_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${kube_minor} -X $pkg.gitTreeState=clean"
+done
+
+# build NAME MODULE_DIR PACKAGE [EXTRA_LDFLAGS]
 build() {
-    local name="$1" module_dir="$2" package="$3"
+    local name="$1" module_dir="$2" package="$3" extra_ldflags="${4:-}"
     local out="$CONTROLPLANE_DIR/$name"
     if [[ -x "$out" ]]; then
         log "$name: cached"
@@ -37,7 +45,7 @@ build() {
     local tmp="$out.partial.$$"
     # A failing build must show the Go error, and must never leave a half-written
     # binary that a later run would mistake for a cached one.
-    if ! (cd "$module_dir" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$tmp" "$package"); then
+    if ! (cd "$module_dir" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w${extra_ldflags}" -o "$tmp" "$package"); then
         rm -f "$tmp"
         log "error: building $name from $module_dir failed (see the go output above)"
         exit 1
@@ -47,8 +55,8 @@ build() {
 }
 
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3
-build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl
+build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
+build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
 
 "$CONTROLPLANE_DIR/kube-apiserver" --version >&2
 "$CONTROLPLANE_DIR/etcd" --version | head -n1 >&2

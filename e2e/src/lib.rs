@@ -1,1 +1,388 @@
-//! Harness for the end-to-end suite.
+//! Harness for the end-to-end suite: a `kube-hardener serve` process with real
+//! certificates, MutatingWebhookConfigurations scoped to one namespace each, and
+//! throw-away namespaces, against whatever cluster `KUBECONFIG` points at.
+//!
+//! The suite is cluster-agnostic. By default it starts the webhook itself on
+//! loopback (the API server must then run on the same machine, as
+//! `e2e/controlplane/up.sh` does). With `KUBE_HARDENER_E2E_WEBHOOK=service:NS/NAME`
+//! the tests that need no private server register the webhook deployed from
+//! `deploy/` (Service `NS/NAME`, caBundle copied from its
+//! MutatingWebhookConfiguration) instead; see docs/deploy.md.
+
+mod pki;
+mod server;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+pub use pki::Pki;
+pub use server::{LocalWebhook, ServerOptions, kube_hardener_bin, workspace_root};
+
+/// Label put on every test namespace; each test's webhook selects only its own.
+pub const NAMESPACE_LABEL: &str = "e2e.kube-hardener.io/namespace";
+/// Annotation the webhook writes on every object it changed.
+pub const APPLIED: &str = "kube-hardener.io/applied";
+/// Path the webhook serves AdmissionReviews on.
+pub const MUTATE_PATH: &str = "/mutate";
+
+/// Client for the cluster in `KUBECONFIG`; there is no fallback, a missing or
+/// broken kubeconfig fails the test with the reason.
+pub async fn client() -> Result<Client> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        bail!(
+            "KUBECONFIG is not set: run the suite through scripts/test.sh or \
+             `e2e/controlplane/up.sh -- cargo test -p kube-hardener-e2e`"
+        );
+    }
+    Client::try_default()
+        .await
+        .context("building a Kubernetes client from KUBECONFIG")
+}
+
+/// Where the API server reaches the webhook.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Url {
+        url: String,
+        ca_pem: String,
+    },
+    Service {
+        namespace: String,
+        name: String,
+        ca_bundle: String,
+    },
+}
+
+impl Target {
+    fn client_config(&self) -> Value {
+        match self {
+            Target::Url { url, ca_pem } => json!({
+                "url": url,
+                "caBundle": BASE64.encode(ca_pem),
+            }),
+            Target::Service {
+                namespace,
+                name,
+                ca_bundle,
+            } => json!({
+                "service": {"namespace": namespace, "name": name, "path": MUTATE_PATH, "port": 443},
+                "caBundle": ca_bundle,
+            }),
+        }
+    }
+}
+
+/// The webhook deployed in the cluster, when `KUBE_HARDENER_E2E_WEBHOOK`
+/// names one (`service:NAMESPACE/NAME`); `None` means "start one locally".
+pub async fn deployed_webhook(client: &Client) -> Result<Option<Target>> {
+    let Ok(spec) = std::env::var("KUBE_HARDENER_E2E_WEBHOOK") else {
+        return Ok(None);
+    };
+    let (namespace, name) = spec
+        .strip_prefix("service:")
+        .and_then(|rest| rest.split_once('/'))
+        .with_context(|| {
+            format!("KUBE_HARDENER_E2E_WEBHOOK=`{spec}`: expected service:NAMESPACE/NAME")
+        })?;
+    // The deployed configuration carries the caBundle (injected by cert-manager
+    // or written by `kube-hardener certs`); reuse it for the per-test configurations.
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let deployed = api
+        .get("kube-hardener")
+        .await
+        .context("reading MutatingWebhookConfiguration kube-hardener of the deployed webhook")?;
+    let ca_bundle = deployed
+        .webhooks
+        .iter()
+        .flatten()
+        .find_map(|hook| hook.client_config.ca_bundle.as_ref())
+        .map(|bytes| BASE64.encode(&bytes.0))
+        .context("the deployed MutatingWebhookConfiguration has no caBundle yet")?;
+    Ok(Some(Target::Service {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        ca_bundle,
+    }))
+}
+
+/// The webhook for a test that works against either backend: the deployed one
+/// when configured, otherwise a local server with the default configuration.
+pub async fn any_webhook(client: &Client) -> Result<(Target, Option<LocalWebhook>)> {
+    if let Some(target) = deployed_webhook(client).await? {
+        return Ok((target, None));
+    }
+    let server = LocalWebhook::start(ServerOptions::default()).await?;
+    Ok((server.target(), Some(server)))
+}
+
+/// A namespace for one test, deleted when dropped. Without a
+/// controller-manager it then stays Terminating, which is harmless: names are unique.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+/// Options for [`TestNamespace::create`].
+#[derive(Debug, Default, Clone)]
+pub struct NamespaceOptions {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// A DNS-label-safe name unique across concurrent tests and runs.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}-{:x}{:x}{seq}",
+        std::process::id() % 0xfff,
+        nanos % 0xfffff
+    )
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str, options: NamespaceOptions) -> Result<Self> {
+        let name = unique_name(&format!("kh-e2e-{prefix}"));
+        let mut labels = options.labels;
+        labels.insert(NAMESPACE_LABEL.to_owned(), name.clone());
+        let namespace: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels, "annotations": options.annotations},
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        let created = TestNamespace {
+            name: name.clone(),
+            client: client.clone(),
+        };
+        // No controller-manager creates it on the local control plane, and
+        // ServiceAccount admission rejects pods whose account is missing. On a
+        // real cluster the controller may win the race: "already exists" is fine.
+        let account: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+        match Api::<ServiceAccount>::namespaced(client.clone(), &name)
+            .create(&PostParams::default(), &account)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("creating ServiceAccount {name}/default"));
+            }
+        }
+        Ok(created)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Annotates the namespace (merge patch: other annotations stay).
+    pub async fn annotate(&self, key: &str, value: &str) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                &self.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .with_context(|| format!("annotating namespace {}", self.name))?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        delete_in_drop(async move {
+            let _ = Api::<Namespace>::all(client)
+                .delete(&name, &DeleteParams::background())
+                .await;
+        });
+    }
+}
+
+/// Runs cleanup from `Drop`, bounded so a dead API server cannot hang a test.
+/// Needs the multi-threaded runtime, which every test of the suite uses.
+fn delete_in_drop(cleanup: impl std::future::Future<Output = ()>) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
+            });
+        });
+    }
+}
+
+/// Options for [`Registration::create`].
+#[derive(Debug, Clone)]
+pub struct RegisterOptions {
+    pub failure_policy: &'static str,
+    /// Also send Deployments & co. (the workload switch decides what happens).
+    pub workloads: bool,
+    pub timeout_seconds: i32,
+}
+
+impl Default for RegisterOptions {
+    fn default() -> Self {
+        // Fail in tests: a webhook that silently does nothing must not pass.
+        RegisterOptions {
+            failure_policy: "Fail",
+            workloads: false,
+            timeout_seconds: 5,
+        }
+    }
+}
+
+/// A MutatingWebhookConfiguration limited to one test namespace, deleted when dropped.
+pub struct Registration {
+    pub name: String,
+    client: Client,
+}
+
+impl Registration {
+    pub async fn create(
+        client: &Client,
+        target: &Target,
+        namespace: &TestNamespace,
+        options: RegisterOptions,
+    ) -> Result<Self> {
+        let name = unique_name("kh-e2e");
+        let mut rules = vec![
+            json!({"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                   "resources": ["pods"], "scope": "Namespaced"}),
+            json!({"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                   "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}),
+        ];
+        if options.workloads {
+            rules.push(json!({"apiGroups": ["apps"], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"],
+                "scope": "Namespaced"}));
+            rules.push(json!({"apiGroups": ["batch"], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["jobs", "cronjobs"],
+                "scope": "Namespaced"}));
+        }
+        let configuration: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "pods.kube-hardener.io",
+                "clientConfig": target.client_config(),
+                "rules": rules,
+                "failurePolicy": options.failure_policy,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": options.timeout_seconds,
+                "reinvocationPolicy": "IfNeeded",
+                "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: namespace.name}},
+            }],
+        }))?;
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &configuration)
+            .await
+            .with_context(|| format!("creating MutatingWebhookConfiguration {name}"))?;
+        Ok(Registration {
+            name,
+            client: client.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        delete_in_drop(async move {
+            let _ = Api::<MutatingWebhookConfiguration>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await;
+        });
+    }
+}
+
+/// A pod object from JSON (test manifests are written as `json!`).
+pub fn pod(manifest: Value) -> Result<Pod> {
+    serde_json::from_value(manifest).context("test pod manifest does not deserialize")
+}
+
+/// A minimal pod: one nginx container, nothing security-related set.
+pub fn plain_pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+    })
+}
+
+pub fn applied_annotation(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(APPLIED))
+        .map(String::as_str)
+}
+
+/// Waits until the API server calls the webhook for `namespace`: the
+/// configuration is picked up by the API server asynchronously after creation.
+/// Probes with server-side dry-run creates, which store nothing.
+pub async fn wait_until_hardening(namespace: &TestNamespace) -> Result<()> {
+    let api = namespace.pods();
+    let probe = pod(plain_pod("readiness-probe"))?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::from("no attempt");
+    while tokio::time::Instant::now() < deadline {
+        match api.create(&dry_run, &probe).await {
+            Ok(created) if applied_annotation(&created).is_some() => return Ok(()),
+            Ok(_) => last = "pod admitted without the webhook's annotation".to_owned(),
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "the webhook did not take effect in namespace {} within 30 s: {last}",
+        namespace.name
+    )
+}
+
+/// JSON view of a typed object, for comparisons with the engine's JSON output.
+pub fn to_json<T: serde::Serialize>(object: &T) -> Result<Value> {
+    serde_json::to_value(object).context("serializing to JSON")
+}

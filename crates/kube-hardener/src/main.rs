@@ -3,6 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod certs;
+
 /// Secure securityContext defaults for every pod, never overriding explicit choices.
 #[derive(Debug, Parser)]
 #[command(name = "kube-hardener", version)]
@@ -20,6 +22,8 @@ enum Command {
     Serve(kube_hardener_server::ServeArgs),
     /// Show offline what the webhook would change in manifest files.
     Preview(kube_hardener_preview::PreviewArgs),
+    /// Generate a CA, a serving certificate Secret and the caBundle for the webhook.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +39,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Preview(args) => kube_hardener_preview::run(&args, &config),
+        Command::Certs(args) => match certs::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("kube-hardener certs: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
