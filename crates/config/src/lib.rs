@@ -2,12 +2,19 @@
 //!
 //! Layers, later wins: the embedded `config/default.toml`, then a file
 //! (`--config` or `KUBE_HARDENER_CONFIG`), then `KUBE_HARDENER_*` variables
-//! (`__` separates tables: `KUBE_HARDENER_HARDENING__FS_GROUP=2000`).
+//! (`__` separates tables: `KUBE_HARDENER_HARDENING__FS_GROUP=2000`; lists use
+//! brackets: `KUBE_HARDENER_HARDENING__WRITABLE_PATHS=[/tmp,/var/cache]`).
+//! Load with [`Config::load`]; problems name the key and the layer it came from.
+
+mod load;
+mod validate;
 
 use std::path::PathBuf;
 
 pub use kube_hardener_engine::Policy;
+pub use load::{ConfigError, ENV_CONFIG_FILE, ENV_PREFIX, MAX_FILE_BYTES, Origin, Problem};
 use serde::{Deserialize, Serialize};
+pub use validate::{check_dns_label, check_mount_path};
 
 /// The embedded default configuration, shipped in the binary.
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");

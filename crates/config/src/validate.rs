@@ -1,0 +1,213 @@
+//! Checks beyond what the types express. Each check returns the dotted key
+//! and a message; the loader adds where the value came from.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use crate::{Config, Policy, ServerConfig};
+
+/// Largest UID/GID Kubernetes accepts (validation of `runAsUser` & co.).
+pub const MAX_ID: i64 = 2_147_483_647;
+/// Upper bound for `server.max_body_bytes`: far above any object etcd stores
+/// (1.5 MiB), low enough that a hostile client cannot make us buffer gigabytes.
+pub const MAX_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Upper bound for the millisecond timeouts: the API server gives a webhook
+/// 30 s at most, so anything longer is a unit mistake.
+pub const MAX_TIMEOUT_MS: u64 = 30_000;
+/// Upper bound for `server.shutdown_timeout_secs` (a pod's grace period is
+/// typically 30 s; ten minutes is already generous).
+pub const MAX_SHUTDOWN_SECS: u64 = 600;
+/// Upper bound for `server.workers` on any realistic node.
+pub const MAX_WORKERS: usize = 1024;
+
+type Problems = Vec<(String, String)>;
+
+impl Config {
+    /// Every problem with values that parsed but make no sense, as
+    /// `(dotted key, message)`; empty when the configuration is usable.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Problems::new();
+        validate_policy(&self.hardening, &mut problems);
+        validate_server(&self.server, &mut problems);
+        problems
+    }
+}
+
+fn validate_policy(policy: &Policy, problems: &mut Problems) {
+    for (key, value) in [
+        ("hardening.run_as_user", policy.run_as_user),
+        ("hardening.run_as_group", policy.run_as_group),
+        ("hardening.fs_group", policy.fs_group),
+    ] {
+        if let Some(id) = value
+            && !(1..=MAX_ID).contains(&id)
+        {
+            let why = if id == 0 {
+                " (0 is root: injecting it would defeat the purpose)"
+            } else {
+                ""
+            };
+            problems.push((
+                key.to_owned(),
+                format!("must be between 1 and {MAX_ID}, got {id}{why}"),
+            ));
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for (index, path) in policy.writable_paths.iter().enumerate() {
+        let key = format!("hardening.writable_paths[{index}]");
+        if let Err(message) = check_mount_path(path) {
+            problems.push((key, format!("`{path}` {message}")));
+        } else if !seen.insert(path.as_str()) {
+            problems.push((key, format!("`{path}` is listed twice")));
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for (index, namespace) in policy.excluded_namespaces.iter().enumerate() {
+        let key = format!("hardening.excluded_namespaces[{index}]");
+        if let Err(message) = check_dns_label(namespace) {
+            problems.push((key, format!("`{namespace}` {message}")));
+        } else if !seen.insert(namespace.as_str()) {
+            problems.push((key, format!("`{namespace}` is listed twice")));
+        }
+    }
+}
+
+fn validate_server(server: &ServerConfig, problems: &mut Problems) {
+    for (key, value) in [
+        ("server.listen", &server.listen),
+        ("server.health_listen", &server.health_listen),
+    ] {
+        if value.parse::<SocketAddr>().is_err() {
+            problems.push((
+                key.to_owned(),
+                format!("`{value}` is not an IP:port address (e.g. 0.0.0.0:8443 or [::]:8443)"),
+            ));
+        }
+    }
+    if server.listen == server.health_listen {
+        problems.push((
+            "server.health_listen".to_owned(),
+            "must differ from server.listen".to_owned(),
+        ));
+    }
+    for (key, path) in [
+        ("server.tls_cert", &server.tls_cert),
+        ("server.tls_key", &server.tls_key),
+    ] {
+        if path.as_os_str().is_empty() {
+            problems.push((key.to_owned(), "must not be empty".to_owned()));
+        }
+    }
+    if server.workers > MAX_WORKERS {
+        problems.push((
+            "server.workers".to_owned(),
+            format!(
+                "must be at most {MAX_WORKERS} (0 = one per CPU), got {}",
+                server.workers
+            ),
+        ));
+    }
+    if !(1..=MAX_BODY_LIMIT).contains(&server.max_body_bytes) {
+        problems.push((
+            "server.max_body_bytes".to_owned(),
+            format!(
+                "must be between 1 and {MAX_BODY_LIMIT}, got {}",
+                server.max_body_bytes
+            ),
+        ));
+    }
+    for (key, value) in [
+        ("server.client_timeout_ms", server.client_timeout_ms),
+        (
+            "server.namespace_lookup_timeout_ms",
+            server.namespace_lookup_timeout_ms,
+        ),
+    ] {
+        if !(1..=MAX_TIMEOUT_MS).contains(&value) {
+            problems.push((
+                key.to_owned(),
+                format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds, got {value}"),
+            ));
+        }
+    }
+    if server.shutdown_timeout_secs > MAX_SHUTDOWN_SECS {
+        problems.push((
+            "server.shutdown_timeout_secs".to_owned(),
+            format!(
+                "must be at most {MAX_SHUTDOWN_SECS} seconds, got {}",
+                server.shutdown_timeout_secs
+            ),
+        ));
+    }
+    if let Some(namespace) = &server.own_namespace
+        && let Err(message) = check_dns_label(namespace)
+    {
+        problems.push((
+            "server.own_namespace".to_owned(),
+            format!("`{namespace}` {message}"),
+        ));
+    }
+    if let Some(path) = &server.kubeconfig
+        && path.as_os_str().is_empty()
+    {
+        problems.push((
+            "server.kubeconfig".to_owned(),
+            "must not be empty (leave it unset for the in-cluster configuration)".to_owned(),
+        ));
+    }
+    if server.log_level.trim().is_empty() {
+        problems.push((
+            "server.log_level".to_owned(),
+            "must not be empty (e.g. `info`)".to_owned(),
+        ));
+    }
+}
+
+/// A container `mountPath` the engine may inject: absolute and normalised,
+/// because the engine compares it with existing mounts as a string and the
+/// kubelet rejects `..` and (on Linux) `:`.
+pub fn check_mount_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    if path == "/" {
+        return Err("must not be the root directory");
+    }
+    if path.contains(':') {
+        return Err("must not contain `:`");
+    }
+    if path.ends_with('/') {
+        return Err("must not end with `/`");
+    }
+    if path.split('/').skip(1).any(|part| part.is_empty()) {
+        return Err("must not contain `//`");
+    }
+    if path.split('/').any(|part| part == ".." || part == ".") {
+        return Err("must not contain `.` or `..` components");
+    }
+    if path.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(())
+}
+
+/// A namespace name (RFC 1123 label).
+pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("is not a namespace name (1 to 63 characters)");
+    }
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let alnum_ends = !name.starts_with('-') && !name.ends_with('-');
+    if valid_chars && alnum_ends {
+        Ok(())
+    } else {
+        Err(
+            "is not a namespace name (lower-case letters, digits and `-`, alphanumeric at both ends)",
+        )
+    }
+}
