@@ -81,11 +81,14 @@ fn prepare<'v>(
         Some(meta) => shape::object(meta, layout.metadata_field, "annotations")?,
         None => None,
     };
-    let annotations_field = shape::join(layout.metadata_field, "annotations");
     let annotation = |key: &str| -> Result<Option<&'v str>, EngineError> {
-        match annotations {
-            Some(map) => shape::string(map, &annotations_field, key),
+        match annotations.and_then(|map| shape::present(map, key)) {
             None => Ok(None),
+            Some(Value::String(value)) => Ok(Some(value)),
+            Some(_) => Err(EngineError::WrongType {
+                path: annotation_field(layout.metadata_field, key),
+                expected: "a string",
+            }),
         }
     };
     if let Some(value) = annotation(ANNOTATION_SKIP)? {
