@@ -1,0 +1,584 @@
+//! From documents to per-object outcomes: List expansion, namespace
+//! resolution and the engine.
+
+use std::collections::BTreeMap;
+
+use kube_hardener_engine::{Context, Outcome, Policy, harden};
+use serde_json::Value;
+
+use crate::PreviewError;
+use crate::input::{Document, Location};
+
+/// Kinds that live outside namespaces, so no namespace is shown for them.
+/// Only the common built-ins: an unknown cluster-scoped CRD merely shows the
+/// default namespace next to its name, which changes nothing else.
+const CLUSTER_SCOPED: &[&str] = &[
+    "APIService",
+    "CSIDriver",
+    "CSINode",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "IngressClass",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
+    "MutatingWebhookConfiguration",
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "PriorityClass",
+    "RuntimeClass",
+    "StorageClass",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "ValidatingWebhookConfiguration",
+    "VolumeAttachment",
+];
+
+/// How objects without `metadata.namespace` and namespaces without a
+/// Namespace object in the input are treated.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Namespace of objects that do not name one.
+    pub default_namespace: String,
+    /// Annotations of every namespace that has no Namespace object in the input.
+    pub namespace_annotations: BTreeMap<String, String>,
+}
+
+/// One object (a document, or an item of a List document) and what the
+/// engine would do to it.
+#[derive(Debug, Clone)]
+pub struct ObjectReport {
+    pub location: Location,
+    pub kind: String,
+    pub api_version: Option<String>,
+    /// `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    /// `metadata.name`, or `generateName` followed by `*`.
+    pub name: Option<String>,
+    pub outcome: Outcome,
+    /// The object with the patch applied; `None` when the patch is empty.
+    pub mutated: Option<Value>,
+}
+
+impl ObjectReport {
+    pub fn changed(&self) -> bool {
+        !self.outcome.patch.0.is_empty()
+    }
+
+    /// `Kind namespace/name` or `Kind name`, as people write it.
+    pub fn identity(&self) -> String {
+        let name = self.name.as_deref().unwrap_or("<unnamed>");
+        match &self.namespace {
+            Some(namespace) => format!("{} {namespace}/{name}", self.kind),
+            None => format!("{} {name}", self.kind),
+        }
+    }
+}
+
+/// A document with the reports of the object(s) it holds.
+#[derive(Debug, Clone)]
+pub struct DocumentReport {
+    pub location: Location,
+    pub original: Value,
+    /// Items of a List document, in order; otherwise exactly one object.
+    pub objects: Vec<ObjectReport>,
+    pub is_list: bool,
+}
+
+impl DocumentReport {
+    /// The document as it would be stored: mutated objects, List kept as a List.
+    pub fn mutated(&self) -> Value {
+        if self.is_list {
+            let mut list = self.original.clone();
+            if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
+                for (item, object) in items.iter_mut().zip(&self.objects) {
+                    if let Some(mutated) = &object.mutated {
+                        *item = mutated.clone();
+                    }
+                }
+            }
+            list
+        } else {
+            match self.objects.first().and_then(|o| o.mutated.as_ref()) {
+                Some(mutated) => mutated.clone(),
+                None => self.original.clone(),
+            }
+        }
+    }
+}
+
+/// An object ready for the engine, with the facts read from its metadata.
+struct Candidate<'a> {
+    location: Location,
+    value: &'a Value,
+    kind: String,
+    api_version: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// Runs the engine over every object of every document. Namespace objects
+/// anywhere in the input supply the annotations of their namespace, so they
+/// are collected first.
+pub fn evaluate(
+    documents: &[Document],
+    options: &Options,
+    policy: &Policy,
+) -> Result<Vec<DocumentReport>, PreviewError> {
+    let mut shaped = Vec::with_capacity(documents.len());
+    for document in documents {
+        shaped.push(shape(document)?);
+    }
+
+    let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (_, _, candidates) in &shaped {
+        for candidate in candidates {
+            if candidate.kind == "Namespace" {
+                let (name, annotations) = namespace_annotations(candidate)?;
+                // Later definitions win, as they would with `kubectl apply`.
+                namespaces.insert(name, annotations);
+            }
+        }
+    }
+
+    let mut reports = Vec::with_capacity(shaped.len());
+    for (document, is_list, candidates) in shaped {
+        let mut objects = Vec::with_capacity(candidates.len());
+        for candidate in candidates {
+            let namespace = candidate
+                .namespace
+                .clone()
+                .unwrap_or_else(|| options.default_namespace.clone());
+            let annotations = namespaces
+                .get(&namespace)
+                .unwrap_or(&options.namespace_annotations);
+            let ctx = Context {
+                namespace: Some(&namespace),
+                namespace_annotations: Some(annotations),
+            };
+            let outcome =
+                harden(candidate.value, &ctx, policy).map_err(|source| PreviewError::Engine {
+                    location: candidate.location.clone(),
+                    source,
+                })?;
+            let mutated = if outcome.patch.0.is_empty() {
+                None
+            } else {
+                let mut value = candidate.value.clone();
+                json_patch::patch(&mut value, &outcome.patch.0).map_err(|e| {
+                    PreviewError::PatchDoesNotApply {
+                        location: candidate.location.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                Some(value)
+            };
+            let scoped = !CLUSTER_SCOPED.contains(&candidate.kind.as_str());
+            objects.push(ObjectReport {
+                location: candidate.location,
+                kind: candidate.kind,
+                api_version: candidate.api_version,
+                namespace: scoped.then_some(namespace),
+                name: candidate.name,
+                outcome,
+                mutated,
+            });
+        }
+        reports.push(DocumentReport {
+            location: document.location.clone(),
+            original: document.value.clone(),
+            objects,
+            is_list,
+        });
+    }
+    Ok(reports)
+}
+
+/// Checks a document's shape and expands a List into its items.
+fn shape(document: &Document) -> Result<(&Document, bool, Vec<Candidate<'_>>), PreviewError> {
+    let location = &document.location;
+    let kind = object_kind(&document.value, location, None)?;
+    let items = document.value.get("items");
+    let is_list = kind == "List" || (kind.ends_with("List") && items.is_some_and(Value::is_array));
+    if !is_list {
+        return Ok((
+            document,
+            false,
+            vec![candidate(&document.value, location.clone(), kind)?],
+        ));
+    }
+    let items = match items {
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(PreviewError::Invalid {
+                location: location.clone(),
+                message: format!("`items` must be a list, found {}", json_type(other)),
+            });
+        }
+        // An empty List is legitimately written without items.
+        None => return Ok((document, true, Vec::new())),
+    };
+    // Typed lists (PodList) may omit the items' kind; it is the list's.
+    let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+    let mut candidates = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let location = Location {
+            item: Some(index + 1),
+            ..location.clone()
+        };
+        let kind = object_kind(item, &location, item_kind)?;
+        candidates.push(candidate(item, location, kind)?);
+    }
+    Ok((document, true, candidates))
+}
+
+fn object_kind(
+    value: &Value,
+    location: &Location,
+    inferred: Option<&str>,
+) -> Result<String, PreviewError> {
+    let invalid = |message: String| PreviewError::Invalid {
+        location: location.clone(),
+        message,
+    };
+    let Value::Object(map) = value else {
+        return Err(invalid(format!(
+            "expected a Kubernetes object (a mapping), found {}",
+            json_type(value)
+        )));
+    };
+    match map.get("kind") {
+        Some(Value::String(kind)) if !kind.is_empty() => Ok(kind.clone()),
+        Some(Value::String(_)) => Err(invalid("`kind` must not be empty".to_owned())),
+        Some(other) => Err(invalid(format!(
+            "`kind` must be a string, found {}",
+            json_type(other)
+        ))),
+        None => inferred
+            .map(str::to_owned)
+            .ok_or_else(|| invalid("missing `kind`".to_owned())),
+    }
+}
+
+fn candidate(
+    value: &Value,
+    location: Location,
+    kind: String,
+) -> Result<Candidate<'_>, PreviewError> {
+    let invalid = |message: String| PreviewError::Invalid {
+        location: location.clone(),
+        message,
+    };
+    let string_field =
+        |object: &Value, field: &str, path: &str| -> Result<Option<String>, PreviewError> {
+            match object.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(invalid(format!(
+                    "`{path}` must be a string, found {}",
+                    json_type(other)
+                ))),
+            }
+        };
+    let api_version = string_field(value, "apiVersion", "apiVersion")?;
+    let (namespace, name) = match value.get("metadata") {
+        None | Some(Value::Null) => (None, None),
+        Some(metadata @ Value::Object(_)) => {
+            let namespace = string_field(metadata, "namespace", "metadata.namespace")?
+                .filter(|n| !n.is_empty());
+            let name = match string_field(metadata, "name", "metadata.name")? {
+                Some(name) if !name.is_empty() => Some(name),
+                _ => string_field(metadata, "generateName", "metadata.generateName")?
+                    .map(|prefix| format!("{prefix}*")),
+            };
+            (namespace, name)
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "`metadata` must be a mapping, found {}",
+                json_type(other)
+            )));
+        }
+    };
+    Ok(Candidate {
+        location,
+        value,
+        kind,
+        api_version,
+        namespace,
+        name,
+    })
+}
+
+fn namespace_annotations(
+    candidate: &Candidate<'_>,
+) -> Result<(String, BTreeMap<String, String>), PreviewError> {
+    let invalid = |message: String| PreviewError::Invalid {
+        location: candidate.location.clone(),
+        message,
+    };
+    let name = candidate
+        .name
+        .clone()
+        .filter(|n| !n.ends_with('*'))
+        .ok_or_else(|| invalid("a Namespace needs `metadata.name`".to_owned()))?;
+    let mut annotations = BTreeMap::new();
+    match candidate.value.pointer("/metadata/annotations") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (key, value) in map {
+                let Value::String(value) = value else {
+                    return Err(invalid(format!(
+                        "`metadata.annotations.{key}` must be a string, found {}",
+                        json_type(value)
+                    )));
+                };
+                annotations.insert(key.clone(), value.clone());
+            }
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "`metadata.annotations` must be a mapping, found {}",
+                json_type(other)
+            )));
+        }
+    }
+    Ok((name, annotations))
+}
+
+pub(crate) fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube_hardener_engine::{Disposition, Setting};
+    use serde_json::json;
+
+    fn document(n: usize, value: Value) -> Document {
+        Document {
+            location: Location {
+                file: "in.yaml".to_owned(),
+                document: n,
+                item: None,
+            },
+            value,
+        }
+    }
+
+    fn options() -> Options {
+        Options {
+            default_namespace: "default".to_owned(),
+            namespace_annotations: BTreeMap::new(),
+        }
+    }
+
+    fn error(docs: &[Document]) -> String {
+        match evaluate(docs, &options(), &Policy::default()) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_file_document_and_field() {
+        let cases = [
+            (
+                json!({"apiVersion": "v1"}),
+                "in.yaml: document 1: missing `kind`",
+            ),
+            (
+                json!({"kind": 3}),
+                "in.yaml: document 1: `kind` must be a string, found a number",
+            ),
+            (
+                json!({"kind": ""}),
+                "in.yaml: document 1: `kind` must not be empty",
+            ),
+            (
+                json!(["a"]),
+                "in.yaml: document 1: expected a Kubernetes object (a mapping), found a list",
+            ),
+            (
+                json!("text"),
+                "in.yaml: document 1: expected a Kubernetes object (a mapping), found a string",
+            ),
+            (
+                json!({"kind": "Pod", "metadata": []}),
+                "in.yaml: document 1: `metadata` must be a mapping, found a list",
+            ),
+            (
+                json!({"kind": "Pod", "metadata": {"namespace": 1}}),
+                "in.yaml: document 1: `metadata.namespace` must be a string, found a number",
+            ),
+            (
+                json!({"kind": "Pod", "metadata": {"name": true}}),
+                "in.yaml: document 1: `metadata.name` must be a string, found a boolean",
+            ),
+            (
+                json!({"kind": "List", "items": {}}),
+                "in.yaml: document 1: `items` must be a list, found a mapping",
+            ),
+            (
+                json!({"kind": "List", "items": [{"kind": "Pod"}, {"metadata": {}}]}),
+                "in.yaml: document 1, item 2: missing `kind`",
+            ),
+            (
+                json!({"kind": "Namespace", "metadata": {"name": "a", "annotations": {"x": 1}}}),
+                "in.yaml: document 1: `metadata.annotations.x` must be a string, found a number",
+            ),
+            (
+                json!({"kind": "Namespace", "metadata": {}}),
+                "in.yaml: document 1: a Namespace needs `metadata.name`",
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(error(&[document(1, value)]), expected);
+        }
+    }
+
+    #[test]
+    fn typed_list_items_inherit_the_kind() {
+        let docs = [document(
+            1,
+            json!({"kind": "PodList", "items": [{"metadata": {"name": "a"}}]}),
+        )];
+        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        assert!(reports[0].is_list);
+        assert_eq!(reports[0].objects[0].identity(), "Pod default/a");
+        assert_eq!(reports[0].objects[0].location.item, Some(1));
+    }
+
+    #[test]
+    fn a_kind_ending_in_list_without_items_is_an_ordinary_object() {
+        let docs = [document(1, json!({"kind": "AllowList", "spec": {}}))];
+        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        assert!(!reports[0].is_list);
+        assert_eq!(reports[0].objects.len(), 1);
+    }
+
+    fn pod(metadata: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+               "spec": {"containers": [{"name": "app", "image": "nginx"}]}})
+    }
+
+    #[test]
+    fn identity_uses_generate_name_and_omits_namespace_for_cluster_kinds() {
+        let docs = [
+            document(1, pod(json!({"generateName": "web-", "namespace": "shop"}))),
+            document(
+                2,
+                json!({"kind": "ClusterRole", "metadata": {"name": "reader"}}),
+            ),
+            document(3, pod(json!({}))),
+        ];
+        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        let ids: Vec<String> = reports.iter().map(|r| r.objects[0].identity()).collect();
+        assert_eq!(
+            ids,
+            vec![
+                "Pod shop/web-*",
+                "ClusterRole reader",
+                "Pod default/<unnamed>"
+            ]
+        );
+    }
+
+    #[test]
+    fn namespace_objects_anywhere_decide_for_their_namespace() {
+        let skip_all = json!({"kube-hardener.io/skip": "all"});
+        let docs = [
+            document(1, pod(json!({"name": "in-a", "namespace": "a"}))),
+            document(2, pod(json!({"name": "in-b", "namespace": "b"}))),
+            document(3, pod(json!({"name": "no-namespace"}))),
+            // after the pods that it concerns
+            document(
+                4,
+                json!({"apiVersion": "v1", "kind": "Namespace",
+                               "metadata": {"name": "a", "annotations": skip_all}}),
+            ),
+        ];
+        // --namespace-annotation applies where the input has no Namespace object
+        let mut options = options();
+        options.namespace_annotations.insert(
+            "kube-hardener.io/skip".to_owned(),
+            "capabilities".to_owned(),
+        );
+        let reports = evaluate(&docs, &options, &Policy::default()).expect("evaluates");
+        let outcome = |i: usize| &reports[i].objects[0].outcome;
+
+        assert_eq!(outcome(0).disposition, Disposition::SkippedAll);
+        assert!(outcome(0).patch.0.is_empty());
+        for i in [1, 2] {
+            assert_eq!(outcome(i).disposition, Disposition::Hardened);
+            assert!(!outcome(i).applied.is_empty());
+            assert!(
+                !outcome(i).applied.contains(&Setting::Capabilities),
+                "{:?}",
+                outcome(i)
+            );
+        }
+        assert_eq!(reports[2].objects[0].namespace.as_deref(), Some("default"));
+        assert!(reports[3].objects[0].namespace.is_none());
+    }
+
+    #[test]
+    fn excluded_namespace_is_reported() {
+        let docs = [document(
+            1,
+            pod(json!({"name": "dns", "namespace": "kube-system"})),
+        )];
+        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        assert_eq!(
+            reports[0].objects[0].outcome.disposition,
+            Disposition::ExcludedNamespace("kube-system".to_owned())
+        );
+    }
+
+    #[test]
+    fn mutated_object_is_the_patch_applied_to_the_input() {
+        let original = pod(json!({"name": "p"}));
+        let docs = [document(1, original.clone())];
+        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        let object = &reports[0].objects[0];
+        let mut expected = original;
+        json_patch::patch(&mut expected, &object.outcome.patch.0).expect("applies");
+        assert_eq!(object.mutated.as_ref(), Some(&expected));
+        assert_eq!(reports[0].mutated(), expected);
+    }
+
+    #[test]
+    fn engine_errors_name_the_object() {
+        let docs = [document(
+            7,
+            json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": []}),
+        )];
+        let error = evaluate(&docs, &options(), &Policy::default()).expect_err("rejected");
+        assert!(
+            error.to_string().starts_with("in.yaml: document 7: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn list_documents_keep_their_shape_when_mutated() {
+        let original =
+            json!({"kind": "List", "items": [{"kind": "Service"}, {"kind": "ConfigMap"}]});
+        let report = DocumentReport {
+            location: document(1, Value::Null).location,
+            original: original.clone(),
+            objects: Vec::new(),
+            is_list: true,
+        };
+        assert_eq!(report.mutated(), original);
+    }
+}
