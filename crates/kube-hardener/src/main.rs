@@ -28,8 +28,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = kube_hardener_config::Config::default();
-    let _ = &cli.config;
+    // Every subcommand starts from a validated configuration, so a typo in a
+    // key fails the same way in CI (preview) as at deployment (serve).
+    let config = match kube_hardener_config::Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("kube-hardener: {error}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Serve(args) => match kube_hardener_server::run(&args, config) {
             Ok(()) => ExitCode::SUCCESS,
