@@ -267,10 +267,21 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// Registers the webhook for exactly `namespace`.
     pub async fn create(
         client: &Client,
         target: &Target,
         namespace: &TestNamespace,
+        options: RegisterOptions,
+    ) -> Result<Self> {
+        Self::create_for_label(client, target, (NAMESPACE_LABEL, &namespace.name), options).await
+    }
+
+    /// Registers the webhook for the namespaces carrying the label `key=value`.
+    pub async fn create_for_label(
+        client: &Client,
+        target: &Target,
+        (key, value): (&str, &str),
         options: RegisterOptions,
     ) -> Result<Self> {
         let name = unique_name("kh-e2e");
@@ -300,7 +311,7 @@ impl Registration {
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": options.timeout_seconds,
                 "reinvocationPolicy": "IfNeeded",
-                "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: namespace.name}},
+                "namespaceSelector": {"matchLabels": {key: value}},
             }],
         }))?;
         Api::<MutatingWebhookConfiguration>::all(client.clone())
