@@ -221,6 +221,11 @@ impl LocalWebhook {
         Ok(())
     }
 
+    /// The CA that signs every certificate this server is given.
+    pub fn ca_pem(&self) -> &str {
+        self.pki.ca_pem()
+    }
+
     /// The PEM certificate currently on disk.
     pub fn current_cert_pem(&self) -> Result<String> {
         std::fs::read_to_string(self.dir.path().join("tls").join("tls.crt"))

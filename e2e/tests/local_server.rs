@@ -1,0 +1,270 @@
+//! Behaviour that needs a webhook process of the test's own: a configuration
+//! switch, the process going down, certificates rotating under load. These
+//! tests always start `kube-hardener serve` on loopback, so they need an API
+//! server on the same machine (the local control plane of e2e/controlplane).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
+use kube::Api;
+use kube::api::PostParams;
+use kube_hardener_e2e::{
+    LocalWebhook, RegisterOptions, Registration, ServerOptions, TestNamespace, applied_annotation,
+    client, plain_pod, pod, to_json, wait_until_hardening,
+};
+use serde_json::{Value, json};
+
+fn deployment(name: &str) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+            },
+        },
+    }))?)
+}
+
+fn cron_job(name: &str) -> Result<CronJob> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
+        "spec": {
+            "schedule": "*/5 * * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "job", "image": "busybox:1.36"}],
+            }}}},
+        },
+    }))?)
+}
+
+fn is_hardened_template(spec: &Value) -> bool {
+    spec["securityContext"]["runAsNonRoot"] == json!(true)
+        && spec["securityContext"]["seccompProfile"]["type"] == json!("RuntimeDefault")
+        && spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] == json!(false)
+        && spec["containers"][0]["securityContext"]["capabilities"]["drop"] == json!(["ALL"])
+}
+
+/// Registers `server` for workloads too, and waits until pods are hardened.
+async fn workload_namespace(
+    server: &LocalWebhook,
+    prefix: &str,
+) -> Result<(TestNamespace, Registration)> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, prefix, Default::default()).await?;
+    let options = RegisterOptions {
+        workloads: true,
+        ..RegisterOptions::default()
+    };
+    let registration = Registration::create(&client, &server.target(), &ns, options).await?;
+    wait_until_hardening(&ns).await?;
+    Ok((ns, registration))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_templates_are_left_alone_by_default() -> Result<()> {
+    let server = LocalWebhook::start(ServerOptions::default()).await?;
+    let (ns, _registration) = workload_namespace(&server, "workloads-off").await?;
+    let client = client().await?;
+    let stored = Api::<Deployment>::namespaced(client, &ns.name)
+        .create(&PostParams::default(), &deployment("web")?)
+        .await?;
+    let stored = to_json(&stored)?;
+    let template = &stored["spec"]["template"]["spec"];
+    assert!(!is_hardened_template(template), "{template:#}");
+    assert_eq!(template["containers"][0].get("securityContext"), None);
+    assert_eq!(
+        stored["metadata"]["annotations"].get("kube-hardener.io/applied"),
+        None
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_switch_hardens_deployment_and_cron_job_templates() -> Result<()> {
+    let server = LocalWebhook::start(ServerOptions {
+        env: vec![(
+            "KUBE_HARDENER_HARDENING__MUTATE_WORKLOADS".into(),
+            "true".into(),
+        )],
+        ..ServerOptions::default()
+    })
+    .await?;
+    let (ns, _registration) = workload_namespace(&server, "workloads-on").await?;
+    let client = client().await?;
+
+    let stored = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &deployment("web")?)
+        .await?;
+    let stored = to_json(&stored)?;
+    let template = &stored["spec"]["template"]["spec"];
+    assert!(is_hardened_template(template), "{template:#}");
+    assert_eq!(
+        template["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        json!(true)
+    );
+
+    let stored = Api::<CronJob>::namespaced(client, &ns.name)
+        .create(&PostParams::default(), &cron_job("nightly")?)
+        .await?;
+    let stored = to_json(&stored)?;
+    let template = &stored["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert!(is_hardened_template(template), "{template:#}");
+    Ok(())
+}
+
+/// Registers a live server with `failure_policy`, proves it is in effect, then kills it.
+async fn dead_webhook(policy: &'static str, prefix: &str) -> Result<(TestNamespace, Registration)> {
+    let client = client().await?;
+    let mut server = LocalWebhook::start(ServerOptions::default()).await?;
+    let ns = TestNamespace::create(&client, prefix, Default::default()).await?;
+    let options = RegisterOptions {
+        failure_policy: policy,
+        timeout_seconds: 2,
+        ..Default::default()
+    };
+    let registration = Registration::create(&client, &server.target(), &ns, options).await?;
+    wait_until_hardening(&ns).await?;
+    server.stop();
+    Ok((ns, registration))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_down_with_ignore_admits_pods_unhardened() -> Result<()> {
+    let (ns, _registration) = dead_webhook("Ignore", "down-ignore").await?;
+    let stored = ns
+        .pods()
+        .create(&PostParams::default(), &pod(plain_pod("unhardened"))?)
+        .await?;
+    assert_eq!(applied_annotation(&stored), None);
+    let stored = to_json(&stored)?;
+    assert_eq!(stored["spec"]["containers"][0].get("securityContext"), None);
+    assert_eq!(stored["spec"]["securityContext"], json!({}));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_down_with_fail_rejects_pods() -> Result<()> {
+    let (ns, _registration) = dead_webhook("Fail", "down-fail").await?;
+    let error = ns
+        .pods()
+        .create(&PostParams::default(), &pod(plain_pod("rejected"))?)
+        .await
+        .expect_err("failurePolicy Fail must reject while the webhook is down");
+    let message = error.to_string();
+    assert!(message.contains("failed calling webhook"), "{message}");
+    assert!(ns.pods().get_opt("rejected").await?.is_none());
+    Ok(())
+}
+
+/// DER bytes of the first certificate in a PEM document.
+fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .skip_while(|line| !line.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("-----END"))
+        .collect();
+    BASE64.decode(body).context("decoding PEM")
+}
+
+/// The certificate the server presents on a new TLS connection.
+async fn presented_certificate(server: &LocalWebhook, ca_pem: &str) -> Result<Vec<u8>> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .tls_info(true)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let response = http
+        .post(format!("https://127.0.0.1:{}/mutate", server.port))
+        .body("{}")
+        .send()
+        .await?;
+    let info = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .context("no TLS information on the response")?;
+    info.peer_certificate()
+        .map(<[u8]>::to_vec)
+        .context("the server presented no certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_load_loses_no_admission() -> Result<()> {
+    let client = client().await?;
+    let mut server = LocalWebhook::start(ServerOptions::default()).await?;
+    let ca_pem = server.ca_pem().to_owned();
+    let ns = Arc::new(TestNamespace::create(&client, "rotation", Default::default()).await?);
+    let _registration =
+        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
+    wait_until_hardening(&ns).await?;
+    let first = presented_certificate(&server, &ca_pem).await?;
+
+    // Two writers create pods back to back while the certificate is swapped
+    // three times; failurePolicy is Fail, so a lost review is a failed create.
+    const PODS_PER_WRITER: usize = 40;
+    let writers: Vec<_> = (0..2)
+        .map(|writer| {
+            let ns = Arc::clone(&ns);
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                for i in 0..PODS_PER_WRITER {
+                    let name = format!("w{writer}-{i}");
+                    let created = async {
+                        ns.pods()
+                            .create(&PostParams::default(), &pod(plain_pod(&name))?)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                    .await;
+                    results.push((name, created.map(|p| applied_annotation(&p).is_some())));
+                }
+                results
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        server.rotate()?;
+    }
+
+    let mut created = 0;
+    for writer in writers {
+        for (name, result) in writer.await? {
+            match result {
+                Ok(hardened) => assert!(hardened, "pod {name} was admitted unhardened"),
+                Err(error) => panic!("creating pod {name} during rotation failed: {error:#}"),
+            }
+            created += 1;
+        }
+    }
+    assert_eq!(created, 2 * PODS_PER_WRITER);
+
+    // The last certificate is the one served now, without a restart.
+    let expected = pem_to_der(&server.current_cert_pem()?)?;
+    assert_ne!(expected, first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let presented = presented_certificate(&server, &ca_pem).await?;
+        if presented == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server still presents an old certificate 15 s after rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
