@@ -1,0 +1,293 @@
+//! The shipped manifests under deploy/ are valid for the pinned Kubernetes
+//! version: every object is accepted by the API server in a server-side
+//! dry-run apply (schema, validation and admission, Pod Security included).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::DeleteParams;
+use kube_hardener_e2e::{client, kube_hardener_bin, workspace_root};
+use serde_json::Value;
+
+const NAMESPACE: &str = "kube-hardener";
+
+/// `kubectl` from PATH (e2e/controlplane/up.sh puts the pinned build first) or `KUBECTL`.
+fn kubectl() -> PathBuf {
+    std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+fn run(command: &mut Command) -> Result<Output> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+/// Server-side dry-run apply; returns stdout after checking that the API
+/// server raised no warning (Pod Security warns about workload templates).
+fn dry_run_apply(args: &[&str], source: &Path) -> Result<String> {
+    let output = run(Command::new(kubectl())
+        .args([
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=kube-hardener-e2e",
+        ])
+        .args(args)
+        .arg(source))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !stderr.contains("Warning"),
+        "the API server warned about {}:\n{stderr}",
+        source.display()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn assert_applied(stdout: &str, objects: &[&str]) {
+    for object in objects {
+        assert!(
+            stdout.contains(&format!("{object} serverside-applied (server dry run)")),
+            "{object} missing from:\n{stdout}"
+        );
+    }
+}
+
+const BASE_OBJECTS: [&str; 9] = [
+    "namespace/kube-hardener",
+    "serviceaccount/kube-hardener",
+    "clusterrole.rbac.authorization.k8s.io/kube-hardener",
+    "clusterrolebinding.rbac.authorization.k8s.io/kube-hardener",
+    "configmap/kube-hardener-config",
+    "service/kube-hardener",
+    "deployment.apps/kube-hardener",
+    "poddisruptionbudget.policy/kube-hardener",
+    "mutatingwebhookconfiguration.admissionregistration.k8s.io/kube-hardener",
+];
+
+fn documents(yaml: &str) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for document in serde_norway::Deserializer::from_str(yaml) {
+        let value: Value = serde::Deserialize::deserialize(document)?;
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    docs.iter()
+        .find(|doc| doc["kind"] == kind && doc["metadata"]["name"] == name)
+        .with_context(|| format!("{kind} {name} is not in the rendered overlay"))
+}
+
+/// cert-manager's resources need its CRDs, which this API server does not
+/// have: the rest of the overlay goes through the API server, and the
+/// cert-manager objects are checked against what the base relies on.
+fn check_cert_manager_overlay(deploy: &Path, work: &Path) -> Result<()> {
+    let rendered = run(Command::new(kubectl())
+        .arg("kustomize")
+        .arg(deploy.join("overlays/cert-manager")))?;
+    let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+    let (cert_manager, core): (Vec<Value>, Vec<Value>) = docs.into_iter().partition(|doc| {
+        doc["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("cert-manager.io/"))
+    });
+
+    let core_file = work.join("cert-manager-core.json");
+    std::fs::write(
+        &core_file,
+        serde_json::to_vec(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": core}),
+        )?,
+    )?;
+    let stdout = dry_run_apply(&["-f"], &core_file)?;
+    assert_applied(&stdout, &BASE_OBJECTS);
+
+    let webhook = find(&core, "MutatingWebhookConfiguration", "kube-hardener")?;
+    let injected_from = webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .context("the webhook configuration lacks cert-manager.io/inject-ca-from")?;
+    let (cert_namespace, cert_name) = injected_from
+        .split_once('/')
+        .context("inject-ca-from must be NAMESPACE/NAME")?;
+    let certificate = find(&cert_manager, "Certificate", cert_name)?;
+    assert_eq!(certificate["metadata"]["namespace"], cert_namespace);
+
+    // The Deployment mounts the Secret the Certificate writes.
+    let deployment = find(&core, "Deployment", "kube-hardener")?;
+    let mounted_secret = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|volume| volume["secret"]["secretName"].as_str())
+        .context("the Deployment mounts no Secret")?;
+    assert_eq!(certificate["spec"]["secretName"], mounted_secret);
+
+    // The certificate names the Service the API server calls.
+    let service = &webhook["webhooks"][0]["clientConfig"]["service"];
+    let host = format!(
+        "{}.{}.svc",
+        service["name"].as_str().unwrap_or_default(),
+        service["namespace"].as_str().unwrap_or_default()
+    );
+    let dns_names: Vec<&str> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        dns_names.contains(&host.as_str()),
+        "{host} not in {dns_names:?}"
+    );
+
+    // Every issuerRef resolves to an Issuer of the overlay, in the same namespace.
+    for doc in cert_manager
+        .iter()
+        .filter(|doc| doc["kind"] == "Certificate")
+    {
+        let issuer = doc["spec"]["issuerRef"]["name"]
+            .as_str()
+            .context("Certificate without issuerRef.name")?;
+        assert_eq!(doc["spec"]["issuerRef"]["kind"], "Issuer");
+        let found = find(&cert_manager, "Issuer", issuer)?;
+        assert_eq!(found["metadata"]["namespace"], doc["metadata"]["namespace"]);
+    }
+    // The CA Issuer reads the Secret of the CA Certificate.
+    for issuer in cert_manager.iter().filter(|doc| doc["kind"] == "Issuer") {
+        if let Some(secret) = issuer["spec"]["ca"]["secretName"].as_str() {
+            let ca = cert_manager
+                .iter()
+                .find(|doc| doc["kind"] == "Certificate" && doc["spec"]["secretName"] == secret)
+                .with_context(|| format!("no Certificate writes the CA Secret {secret}"))?;
+            assert_eq!(ca["spec"]["isCA"], true);
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<()> {
+    let client = client().await?;
+    let deploy = workspace_root().join("deploy");
+    let work = tempfile::tempdir()?;
+
+    // Namespaced objects cannot be dry-run into a namespace that a dry run
+    // only pretends to create, so create it for real unless it exists (it does
+    // where kube-hardener is deployed) and remove it again afterwards.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let created_namespace = if namespaces.get_opt(NAMESPACE).await?.is_none() {
+        run(Command::new(kubectl())
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager=kube-hardener-e2e",
+                "-f",
+            ])
+            .arg(deploy.join("base/namespace.yaml")))?;
+        true
+    } else {
+        false
+    };
+
+    let result = async {
+        let stdout = dry_run_apply(&["-k"], &deploy.join("base"))?;
+        assert_applied(&stdout, &BASE_OBJECTS);
+
+        // self-signed: generate the certificate files into a copy of deploy/.
+        let copy = work.path().join("deploy");
+        copy_tree(&deploy, &copy)?;
+        let generated = copy.join("overlays/self-signed/generated");
+        let _ = std::fs::remove_dir_all(&generated);
+        run(Command::new(kube_hardener_bin()?)
+            .args(["certs", "--out-dir"])
+            .arg(&generated))?;
+        let stdout = dry_run_apply(&["-k"], &copy.join("overlays/self-signed"))?;
+        assert_applied(&stdout, &BASE_OBJECTS);
+        assert_applied(&stdout, &["secret/kube-hardener-tls"]);
+
+        let rendered = run(Command::new(kubectl())
+            .arg("kustomize")
+            .arg(copy.join("overlays/self-signed")))?;
+        let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+        let webhook = find(&docs, "MutatingWebhookConfiguration", "kube-hardener")?;
+        let ca = std::fs::read_to_string(generated.join("ca.crt"))?;
+        let bundle = webhook["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .context("the self-signed overlay left caBundle empty")?;
+        use base64::Engine;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.decode(bundle)?,
+            ca.as_bytes()
+        );
+        // The patch only added caBundle: the rest of the webhook is the base's.
+        assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Ignore");
+        assert_eq!(
+            webhook["webhooks"][0]["clientConfig"]["service"]["path"],
+            "/mutate"
+        );
+
+        check_cert_manager_overlay(&deploy, work.path())?;
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+
+    if created_namespace {
+        namespaces
+            .delete(NAMESPACE, &DeleteParams::default())
+            .await?;
+    }
+    result
+}
+
+#[test]
+fn every_yaml_file_under_deploy_is_part_of_a_kustomization() -> Result<()> {
+    // A manifest that no kustomization lists would never be validated above.
+    let deploy = workspace_root().join("deploy");
+    let mut unlisted = Vec::new();
+    for dir in ["base", "overlays/cert-manager", "overlays/self-signed"] {
+        let dir = deploy.join(dir);
+        let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))?;
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yaml")
+                && name != "kustomization.yaml"
+                && !kustomization.contains(&name)
+            {
+                unlisted.push(dir.join(&name));
+            }
+        }
+    }
+    if !unlisted.is_empty() {
+        bail!("not referenced by any kustomization.yaml: {unlisted:?}");
+    }
+    Ok(())
+}
