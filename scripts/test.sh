@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it:
+#   1. cargo fmt --check and clippy (warnings are errors) over the workspace;
+#   2. the fast suites (`cargo test`: unit, golden, property and CLI tests);
+#   3. the end-to-end suite against a real kube-apiserver + etcd started on
+#      loopback (built from pinned Go modules on first use, then cached).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+started=$SECONDS
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (fast suites)"
+cargo test
+
+step "building kube-hardener for the end-to-end suite"
+cargo build -p kube-hardener
+# The suite runs exactly this binary (and builds nothing itself).
+export KUBE_HARDENER_BIN="$PWD/target/debug/kube-hardener"
+
+step "control plane: kube-apiserver, kubectl, etcd (cached after the first build)"
+e2e/controlplane/build.sh >/dev/null
+
+step "end-to-end suite (cargo test -p kube-hardener-e2e) against the local control plane"
+e2e/controlplane/up.sh -- cargo test -p kube-hardener-e2e
+
+step "all suites passed"
