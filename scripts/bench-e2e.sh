@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Pod CREATE latency with and without the webhook, through a real API server
+# (BENCHMARKS.md, "End-to-end"). Usage: scripts/bench-e2e.sh [CREATES=1000]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> release build of kube-hardener (the server under test)" >&2
+cargo build --release -p kube-hardener
+export KUBE_HARDENER_BIN="$PWD/target/release/kube-hardener"
+echo "==> benchmark client" >&2
+cargo build -p kube-hardener-e2e --example create_latency
+e2e/controlplane/build.sh >/dev/null
+echo "==> $(nproc) cores, $(uname -srm); $("$KUBE_HARDENER_BIN" --version)" >&2
+e2e/controlplane/up.sh -- target/debug/examples/create_latency "${1:-1000}"
