@@ -1,1 +1,100 @@
-fn main() {}
+//! Engine time per object next to the floor every admission request pays
+//! anyway: parsing the pod JSON and serializing it again.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kube_hardener_engine::{Context, Policy, harden};
+use serde_json::{Value, json};
+
+fn container(name: &str, env_vars: usize, mounts: &[&str]) -> Value {
+    let env: Vec<Value> = (0..env_vars)
+        .map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}-{name}")}))
+        .collect();
+    let volume_mounts: Vec<Value> = mounts
+        .iter()
+        .map(|m| json!({"name": m, "mountPath": format!("/mnt/{m}")}))
+        .collect();
+    json!({
+        "name": name,
+        "image": format!("registry.example/{name}:1.2.3"),
+        "args": ["--port=8080", "--log-level=info"],
+        "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+        "env": env,
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 5},
+        "volumeMounts": volume_mounts
+    })
+}
+
+fn pod(containers: Vec<Value>, init: Vec<Value>, volumes: usize) -> Value {
+    let volumes: Vec<Value> = (0..volumes)
+        .map(|i| json!({"name": format!("config-{i}"), "configMap": {"name": format!("config-{i}")}}))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "bench-7d9f8c6b5-x2x4z",
+            "namespace": "shop",
+            "labels": {"app": "bench", "pod-template-hash": "7d9f8c6b5"},
+            "annotations": {"example.com/team": "payments"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "bench-7d9f8c6b5",
+                "uid": "2b7a4f4e-1c1d-4a65-9a8e-3f1f5c3f1a11", "controller": true}]
+        },
+        "spec": {
+            "serviceAccountName": "bench",
+            "containers": containers,
+            "initContainers": init,
+            "volumes": volumes
+        }
+    })
+}
+
+fn cases() -> Vec<(&'static str, Value)> {
+    let small = pod(vec![container("app", 2, &[])], vec![], 0);
+    let typical = pod(
+        vec![
+            container("app", 10, &["config-0"]),
+            container("proxy", 5, &["config-1"]),
+            container("metrics", 3, &[]),
+        ],
+        vec![container("migrate", 4, &["config-0"])],
+        2,
+    );
+    let mounts: Vec<String> = (0..20).map(|i| format!("config-{i}")).collect();
+    let large = pod(
+        (0..20)
+            .map(|i| {
+                let own = [mounts[i].as_str(), mounts[(i + 1) % 20].as_str()];
+                container(&format!("worker-{i}"), 40, &own)
+            })
+            .collect(),
+        vec![],
+        20,
+    );
+    vec![("small", small), ("typical", typical), ("large", large)]
+}
+
+fn bench(c: &mut Criterion) {
+    let policy = Policy::default();
+    let ctx = Context::default();
+    for (name, object) in cases() {
+        let bytes = serde_json::to_vec(&object).unwrap_or_default();
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("parse+serialize", |b| {
+            b.iter(|| {
+                let value: Value = serde_json::from_slice(black_box(&bytes)).unwrap_or_default();
+                serde_json::to_vec(&value).unwrap_or_default()
+            })
+        });
+        group.bench_function("engine", |b| {
+            b.iter(|| harden(black_box(&object), &ctx, &policy).map(|o| o.patch.0.len()))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,8 +1,6 @@
 //! The two entry points: what is looked at, what is skipped, and the
 //! provenance annotation.
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 
 use crate::opt_out::{SettingSet, Skip, parse_skip};
@@ -189,7 +187,7 @@ fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
         .and_then(Value::as_str);
     let Some(old) = existing else {
         let mut annotations = metadata;
-        annotations.push(Cow::Borrowed("annotations"));
+        annotations.push(Tok::Key("annotations"));
         let value = render_applied(edits.applied, &[]);
         edits.patch.set(&annotations, ANNOTATION_APPLIED, Value::from(value));
         return;
@@ -207,8 +205,8 @@ fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
         return;
     }
     let mut path = metadata;
-    path.push(Cow::Borrowed("annotations"));
-    path.push(Cow::Borrowed(ANNOTATION_APPLIED));
+    path.push(Tok::Key("annotations"));
+    path.push(Tok::Key(ANNOTATION_APPLIED));
     edits.patch.replace(path, Value::from(render_applied(union, &unknown)));
 }
 

@@ -9,20 +9,33 @@
 //! whole. Every operation therefore applies to the original in order, and
 //! nothing is cloned but the values being added.
 
-use std::borrow::Cow;
-
-use json_patch::jsonptr::{PointerBuf, Token};
+use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
-/// One unescaped JSON-pointer token.
-pub(crate) type Tok = Cow<'static, str>;
+/// One unescaped JSON-pointer token. Every key the engine writes is a
+/// constant, so paths are cheap to copy and compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tok {
+    Key(&'static str),
+    Index(usize),
+    /// `-`: the end of an array.
+    End,
+}
 
-/// The JSON pointer for a list of unescaped tokens. `Token::new` escapes each
-/// one as RFC 6901 requires (`~` → `~0`, `/` → `~1`): annotation keys such as
+/// The JSON pointer for a list of tokens. Keys are escaped as RFC 6901
+/// requires (`~` → `~0`, `/` → `~1`): annotation keys such as
 /// `kube-hardener.io/applied` contain a `/`.
 pub(crate) fn pointer(tokens: &[Tok]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().map(|t| Token::new(t.as_ref())))
+    let mut pointer = PointerBuf::new();
+    for token in tokens {
+        match *token {
+            Tok::Key(key) => pointer.push_back(key),
+            Tok::Index(index) => pointer.push_back(index),
+            Tok::End => pointer.push_back("-"),
+        }
+    }
+    pointer
 }
 
 #[derive(Debug)]
@@ -40,10 +53,10 @@ pub(crate) struct PatchBuilder<'v> {
 }
 
 /// The child of `node` at `token`; `null` counts as absent.
-fn child<'v>(node: &'v Value, token: &str) -> Option<&'v Value> {
-    let next = match node {
-        Value::Object(map) => map.get(token),
-        Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+fn child<'v>(node: &'v Value, token: Tok) -> Option<&'v Value> {
+    let next = match (node, token) {
+        (Value::Object(map), Tok::Key(key)) => map.get(key),
+        (Value::Array(items), Tok::Index(index)) => items.get(index),
         _ => None,
     };
     next.filter(|v| !v.is_null())
@@ -52,9 +65,12 @@ fn child<'v>(node: &'v Value, token: &str) -> Option<&'v Value> {
 /// Walks (creating as needed) nested objects inside a value the builder owns.
 fn descend<'a>(mut slot: &'a mut Value, rest: &[Tok]) -> Option<&'a mut Map<String, Value>> {
     for token in rest {
+        let Tok::Key(key) = *token else {
+            return None;
+        };
         slot = slot
             .as_object_mut()?
-            .entry(token.as_ref())
+            .entry(key)
             .or_insert_with(|| Value::Object(Map::new()));
     }
     slot.as_object_mut()
@@ -72,7 +88,7 @@ impl<'v> PatchBuilder<'v> {
     fn existing_depth(&self, path: &[Tok]) -> usize {
         let mut node = self.root;
         for (depth, token) in path.iter().enumerate() {
-            match child(node, token) {
+            match child(node, *token) {
                 Some(next) => node = next,
                 None => return depth,
             }
@@ -108,7 +124,7 @@ impl<'v> PatchBuilder<'v> {
         let depth = self.existing_depth(parent);
         if depth == parent.len() {
             let mut path = parent.to_vec();
-            path.push(Cow::Borrowed(key));
+            path.push(Tok::Key(key));
             self.ops.push(Op {
                 replace: false,
                 path,
@@ -129,7 +145,7 @@ impl<'v> PatchBuilder<'v> {
         let depth = self.existing_depth(array);
         if depth == array.len() {
             let mut path = array.to_vec();
-            path.push(Cow::Borrowed("-"));
+            path.push(Tok::End);
             self.ops.push(Op {
                 replace: false,
                 path,
@@ -142,10 +158,12 @@ impl<'v> PatchBuilder<'v> {
             None => Some(self.pending(create, || Value::Array(Vec::new()))),
             Some((last, between)) => {
                 let slot = self.pending(create, || Value::Object(Map::new()));
-                descend(slot, between).map(|map| {
-                    map.entry(last.as_ref())
-                        .or_insert_with(|| Value::Array(Vec::new()))
-                })
+                match (descend(slot, between), last) {
+                    (Some(map), Tok::Key(key)) => {
+                        Some(map.entry(*key).or_insert_with(|| Value::Array(Vec::new())))
+                    }
+                    _ => None,
+                }
             }
         };
         if let Some(Value::Array(items)) = list {
@@ -191,7 +209,9 @@ mod tests {
     use serde_json::json;
 
     fn toks(path: &[&'static str]) -> Vec<Tok> {
-        path.iter().map(|t| Cow::Borrowed(*t)).collect()
+        path.iter()
+            .map(|t| t.parse().map_or(Tok::Key(t), Tok::Index))
+            .collect()
     }
 
     fn ops(builder: PatchBuilder<'_>) -> Value {
@@ -208,8 +228,9 @@ mod tests {
             ("/~1", "~1~01"),
         ];
         for (raw, escaped) in cases {
-            let tokens = vec![Cow::Borrowed("metadata"), Cow::Owned(raw.to_owned())];
-            assert_eq!(pointer(&tokens).as_str(), format!("/metadata/{escaped}"));
+            let raw: &'static str = Box::leak(raw.to_owned().into_boxed_str());
+            let tokens = vec![Tok::Key("metadata"), Tok::Key(raw), Tok::Index(3), Tok::End];
+            assert_eq!(pointer(&tokens).as_str(), format!("/metadata/{escaped}/3/-"));
         }
     }
 

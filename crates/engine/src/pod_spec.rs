@@ -1,7 +1,5 @@
 //! Where the pod spec and the pod's metadata live for each supported kind.
 
-use std::borrow::Cow;
-
 use crate::EngineError;
 use crate::patch::Tok;
 use crate::shape::{self, Object};
@@ -54,11 +52,11 @@ impl Layout {
     }
 
     pub(crate) fn spec_tokens(&self) -> Vec<Tok> {
-        self.spec.iter().map(|t| Cow::Borrowed(*t)).collect()
+        self.spec.iter().map(|t| Tok::Key(t)).collect()
     }
 
     pub(crate) fn metadata_tokens(&self) -> Vec<Tok> {
-        self.metadata.iter().map(|t| Cow::Borrowed(*t)).collect()
+        self.metadata.iter().map(|t| Tok::Key(t)).collect()
     }
 
     /// The pod spec (required) and the pod metadata (optional) of `object`.

@@ -102,27 +102,35 @@ pub(crate) struct ContainerView<'v> {
     pub list: ListKind,
     pub index: usize,
     pub name: Option<&'v str>,
-    /// Field path for messages: `spec.containers{app}`, or
-    /// `spec.containers[0]` when the container has no name.
-    pub field: String,
+    spec_field: &'static str,
     pub sc: SecurityContext<'v>,
     pub mount_paths: Vec<&'v str>,
     pub mount_names: Vec<&'v str>,
 }
 
 impl ContainerView<'_> {
+    /// Field path for messages: `spec.containers{app}` (Kubernetes' style for
+    /// a container by name), or `spec.containers[0]` when it has no name.
+    /// Built on demand: most containers never get a warning.
+    pub(crate) fn field(&self) -> String {
+        match self.name {
+            Some(name) => format!("{}.{}{{{}}}", self.spec_field, self.list.key(), shape::clip(name, 63)),
+            None => format!("{}.{}[{}]", self.spec_field, self.list.key(), self.index),
+        }
+    }
+
     /// Pointer tokens of the container itself.
     pub(crate) fn tokens(&self, spec: &[Tok]) -> Vec<Tok> {
         let mut tokens = spec.to_vec();
-        tokens.push(Cow::Borrowed(self.list.key()));
-        tokens.push(Cow::Owned(self.index.to_string()));
+        tokens.push(Tok::Key(self.list.key()));
+        tokens.push(Tok::Index(self.index));
         tokens
     }
 
     /// Pointer tokens of the container's `securityContext`.
     pub(crate) fn sc_tokens(&self, spec: &[Tok]) -> Vec<Tok> {
         let mut tokens = self.tokens(spec);
-        tokens.push(Cow::Borrowed("securityContext"));
+        tokens.push(Tok::Key("securityContext"));
         tokens
     }
 
@@ -212,7 +220,7 @@ fn parse_container<'v>(
     container: &'v Object,
     list: ListKind,
     index: usize,
-    spec_field: &str,
+    spec_field: &'static str,
     at: &str,
 ) -> Result<ContainerView<'v>, EngineError> {
     let name = shape::string(container, at, "name")?;
@@ -230,15 +238,11 @@ fn parse_container<'v>(
             mount_names.push(name);
         }
     }
-    let field = match name {
-        Some(name) => format!("{spec_field}.{}{{{}}}", list.key(), shape::clip(name, 63)),
-        None => at.to_owned(),
-    };
     Ok(ContainerView {
         list,
         index,
         name,
-        field,
+        spec_field,
         sc: SecurityContext::parse(container, at, false)?,
         mount_paths,
         mount_names,
@@ -266,15 +270,15 @@ mod tests {
         let seen: Vec<_> = pod
             .containers
             .iter()
-            .map(|c| (c.list, c.index, c.field.as_str(), c.key().into_owned()))
+            .map(|c| (c.list, c.index, c.field(), c.key().into_owned()))
             .collect();
         assert_eq!(
             seen,
             vec![
-                (ListKind::Containers, 0, "spec.containers{app}", "app".to_owned()),
-                (ListKind::Containers, 1, "spec.containers[1]", "containers-1".to_owned()),
-                (ListKind::InitContainers, 0, "spec.initContainers{init}", "init".to_owned()),
-                (ListKind::EphemeralContainers, 0, "spec.ephemeralContainers{debug}", "debug".to_owned()),
+                (ListKind::Containers, 0, "spec.containers{app}".to_owned(), "app".to_owned()),
+                (ListKind::Containers, 1, "spec.containers[1]".to_owned(), "containers-1".to_owned()),
+                (ListKind::InitContainers, 0, "spec.initContainers{init}".to_owned(), "init".to_owned()),
+                (ListKind::EphemeralContainers, 0, "spec.ephemeralContainers{debug}".to_owned(), "debug".to_owned()),
             ]
         );
     }

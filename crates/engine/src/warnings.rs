@@ -33,18 +33,19 @@ const SAFE_SYSCTLS: [&str; 10] = [
 /// Added capabilities the restricted profile allows.
 const ALLOWED_ADDED_CAPABILITIES: [&str; 1] = ["NET_BIND_SERVICE"];
 
-fn common(sc: &SecurityContext<'_>, at: &str, edits: &mut Edits<'_>) {
+/// `at` renders the owner's field path; only called when there is a warning.
+fn common(sc: &SecurityContext<'_>, at: &dyn Fn() -> String, edits: &mut Edits<'_>) {
     if let Some(kind) = sc.se_linux_type.filter(|t| !SAFE_SELINUX_TYPES.contains(t)) {
         edits.warn(
             WarningKind::SeLinuxType,
-            format!("{at}.securityContext.seLinuxOptions.type"),
+            format!("{}.securityContext.seLinuxOptions.type", at()),
             format!("SELinux type `{}` is not confined like a container", clip(kind, 40)),
         );
     }
     if sc.seccomp == Some(Some("Unconfined")) {
         edits.warn(
             WarningKind::SeccompUnconfined,
-            format!("{at}.securityContext.seccompProfile.type"),
+            format!("{}.securityContext.seccompProfile.type", at()),
             "is Unconfined; no system call filtering",
         );
     }
@@ -79,23 +80,23 @@ pub(crate) fn pod(pod: &PodView<'_>, edits: &mut Edits<'_>) {
             format!("`{}` is not in the Pod Security baseline safe set", clip(sysctl, 60)),
         );
     }
-    common(&pod.sc, at, edits);
+    common(&pod.sc, &|| at.to_owned(), edits);
 }
 
 pub(crate) fn container(container: &ContainerView<'_>, edits: &mut Edits<'_>) {
-    let at = &container.field;
+    let field = || container.field();
     let sc = &container.sc;
     if sc.privileged == Some(true) {
         edits.warn(
             WarningKind::Privileged,
-            format!("{at}.securityContext.privileged"),
+            format!("{}.securityContext.privileged", field()),
             "is true; the container has full access to the node",
         );
     }
     if sc.proc_mount == Some("Unmasked") {
         edits.warn(
             WarningKind::ProcMountUnmasked,
-            format!("{at}.securityContext.procMount"),
+            format!("{}.securityContext.procMount", field()),
             "is Unmasked; /proc is not masked",
         );
     }
@@ -108,11 +109,11 @@ pub(crate) fn container(container: &ContainerView<'_>, edits: &mut Edits<'_>) {
     if !risky.is_empty() {
         edits.warn(
             WarningKind::AddedCapabilities,
-            format!("{at}.securityContext.capabilities.add"),
+            format!("{}.securityContext.capabilities.add", field()),
             format!("adds {}", clip(&risky.join(", "), 80)),
         );
     }
-    common(sc, at, edits);
+    common(sc, &field, edits);
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{Edits, Rules};
 use crate::Setting;
+use crate::patch::Tok;
 use crate::view::ContainerView;
 
 pub(super) fn container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
@@ -23,8 +24,8 @@ pub(super) fn container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, contai
         return;
     }
     let mut drop = container.sc_tokens(&rules.spec);
-    drop.push("capabilities".into());
-    drop.push("drop".into());
+    drop.push(Tok::Key("capabilities"));
+    drop.push(Tok::Key("drop"));
     edits.patch.push(&drop, Value::from("ALL"));
     edits.applied.insert(Setting::Capabilities);
 }

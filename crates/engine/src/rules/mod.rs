@@ -62,7 +62,7 @@ impl Rules<'_, '_> {
 
     pub(crate) fn child(&self, parent: &[Tok], key: &'static str) -> Vec<Tok> {
         let mut tokens = parent.to_vec();
-        tokens.push(Cow::Borrowed(key));
+        tokens.push(Tok::Key(key));
         tokens
     }
 }
@@ -191,7 +191,7 @@ pub(crate) mod test_support {
             policy,
             skipped,
             pod: &pod,
-            spec: vec![Cow::Borrowed("spec")],
+            spec: vec![Tok::Key("spec")],
             writable_paths: policy.writable_paths.iter().map(String::as_str).collect(),
         };
         let mut edits = Edits::new(&root);

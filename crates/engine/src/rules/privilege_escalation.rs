@@ -22,7 +22,7 @@ pub(super) fn container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, contai
     if !rules.enabled(Setting::AllowPrivilegeEscalation) {
         return;
     }
-    let field = || format!("{}.securityContext.allowPrivilegeEscalation", container.field);
+    let field = || format!("{}.securityContext.allowPrivilegeEscalation", container.field());
     match container.sc.allow_privilege_escalation {
         Some(false) => {}
         Some(true) => edits.warn(WarningKind::ExplicitInsecure, field(), "is true; left as set"),

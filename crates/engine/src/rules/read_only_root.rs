@@ -12,7 +12,7 @@ use crate::view::ContainerView;
 use crate::{Setting, WarningKind};
 
 fn field(container: &ContainerView<'_>) -> String {
-    format!("{}.securityContext.readOnlyRootFilesystem", container.field)
+    format!("{}.securityContext.readOnlyRootFilesystem", container.field())
 }
 
 /// Returns `true` when the rule should inject (unset and enabled).

@@ -33,12 +33,12 @@ fn warn_conflict(edits: &mut Edits<'_>, container: &ContainerView<'_>, conflict:
     match conflict {
         Conflict::ExplicitFalse => edits.warn(
             WarningKind::ExplicitInsecure,
-            format!("{}.securityContext.runAsNonRoot", container.field),
+            format!("{}.securityContext.runAsNonRoot", container.field()),
             "is false; left as set, the container may run as root",
         ),
         Conflict::RootUid => edits.warn(
             WarningKind::NotInjected,
-            format!("{}.securityContext.runAsNonRoot", container.field),
+            format!("{}.securityContext.runAsNonRoot", container.field()),
             "not set: the container runs as UID 0",
         ),
     }
