@@ -20,18 +20,20 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
 pub use pki::Pki;
-pub use server::{LocalWebhook, ServerOptions, kube_hardener_bin, workspace_root};
+pub use server::{Certificate, LocalWebhook, ServerOptions, kube_hardener_bin, workspace_root};
 
 /// Label put on every test namespace; each test's webhook selects only its own.
 pub const NAMESPACE_LABEL: &str = "e2e.kube-hardener.io/namespace";
 /// Annotation the webhook writes on every object it changed.
 pub const APPLIED: &str = "kube-hardener.io/applied";
+/// TLS Secret of the webhook deployed from deploy/.
+pub const DEPLOYED_TLS_SECRET: &str = "kube-hardener-tls";
 /// Path the webhook serves AdmissionReviews on.
 pub const MUTATE_PATH: &str = "/mutate";
 
@@ -94,20 +96,18 @@ pub async fn deployed_webhook(client: &Client) -> Result<Option<Target>> {
         .with_context(|| {
             format!("KUBE_HARDENER_E2E_WEBHOOK=`{spec}`: expected service:NAMESPACE/NAME")
         })?;
-    // The deployed configuration carries the caBundle (injected by cert-manager
-    // or written by `kube-hardener certs`); reuse it for the per-test configurations.
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let deployed = api
-        .get("kube-hardener")
-        .await
-        .context("reading MutatingWebhookConfiguration kube-hardener of the deployed webhook")?;
-    let ca_bundle = deployed
-        .webhooks
-        .iter()
-        .flatten()
-        .find_map(|hook| hook.client_config.ca_bundle.as_ref())
+    // Both overlays store the CA next to the serving certificate: cert-manager's
+    // CA issuer and `kube-hardener certs` write `ca.crt` into the TLS Secret.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get(DEPLOYED_TLS_SECRET).await.with_context(|| {
+        format!("reading Secret {namespace}/{DEPLOYED_TLS_SECRET} of the deployed webhook")
+    })?;
+    let ca_bundle = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get("ca.crt"))
         .map(|bytes| BASE64.encode(&bytes.0))
-        .context("the deployed MutatingWebhookConfiguration has no caBundle yet")?;
+        .with_context(|| format!("Secret {namespace}/{DEPLOYED_TLS_SECRET} has no ca.crt"))?;
     Ok(Some(Target::Service {
         namespace: namespace.to_owned(),
         name: name.to_owned(),

@@ -78,6 +78,16 @@ pub struct ServerOptions {
     pub config_toml: String,
     /// Extra environment, e.g. `KUBE_HARDENER_HARDENING__MUTATE_WORKLOADS=true`.
     pub env: Vec<(String, String)>,
+    /// Serve this certificate instead of one from the harness's own CA.
+    pub certificate: Option<Certificate>,
+}
+
+/// PEM serving certificate, its key and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
 }
 
 /// A running `kube-hardener serve`, killed when dropped.
@@ -86,6 +96,7 @@ pub struct LocalWebhook {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pki: Pki,
+    ca_pem: String,
     generation: u32,
     pub port: u16,
     pub health_port: u16,
@@ -103,12 +114,19 @@ impl LocalWebhook {
         let mut server = LocalWebhook {
             child: None,
             dir,
+            ca_pem: pki.ca_pem().to_owned(),
             pki,
             generation: 0,
             port: free_port()?,
             health_port: free_port()?,
         };
-        server.rotate()?;
+        match &options.certificate {
+            Some(certificate) => {
+                server.ca_pem = certificate.ca_pem.clone();
+                server.install(&certificate.cert_pem, &certificate.key_pem)?;
+            }
+            None => server.rotate()?,
+        }
 
         let mut command = Command::new(&bin);
         command.arg("serve");
@@ -186,7 +204,7 @@ impl LocalWebhook {
     pub fn target(&self) -> Target {
         Target::Url {
             url: format!("https://127.0.0.1:{}{MUTATE_PATH}", self.port),
-            ca_pem: self.pki.ca_pem().to_owned(),
+            ca_pem: self.ca_pem.clone(),
         }
     }
 
@@ -194,14 +212,19 @@ impl LocalWebhook {
     /// way the kubelet updates a Secret volume: files in a fresh directory,
     /// then one atomic rename of the `..data` symlink the file names point through.
     pub fn rotate(&mut self) -> Result<()> {
+        let (cert, key) = self
+            .pki
+            .serving(&format!("kube-hardener e2e #{}", self.generation + 1))?;
+        self.ca_pem = self.pki.ca_pem().to_owned();
+        self.install(&cert, &key)
+    }
+
+    fn install(&mut self, cert: &str, key: &str) -> Result<()> {
         self.generation += 1;
         let tls = self.dir.path().join("tls");
         let version = format!("..gen{}", self.generation);
         let version_dir = tls.join(&version);
         std::fs::create_dir_all(&version_dir).context("creating the certificate directory")?;
-        let (cert, key) = self
-            .pki
-            .serving(&format!("kube-hardener e2e #{}", self.generation))?;
         std::fs::write(version_dir.join("tls.crt"), cert)?;
         std::fs::write(version_dir.join("tls.key"), key)?;
         let staging = tls.join("..data_tmp");
@@ -223,7 +246,7 @@ impl LocalWebhook {
 
     /// The CA that signs every certificate this server is given.
     pub fn ca_pem(&self) -> &str {
-        self.pki.ca_pem()
+        &self.ca_pem
     }
 
     /// The PEM certificate currently on disk.

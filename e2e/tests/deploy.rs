@@ -36,6 +36,8 @@ fn run(command: &mut Command) -> Result<Output> {
 
 /// Server-side dry-run apply; returns stdout after checking that the API
 /// server raised no warning (Pod Security warns about workload templates).
+/// Conflicts are forced: where kube-hardener is deployed, another field
+/// manager owns the objects, and a dry run changes nothing anyway.
 fn dry_run_apply(args: &[&str], source: &Path) -> Result<String> {
     let output = run(Command::new(kubectl())
         .args([

@@ -268,3 +268,47 @@ async fn certificate_rotation_under_load_loses_no_admission() -> Result<()> {
     }
     Ok(())
 }
+
+/// The value of `key: <base64>` in a manifest written by `kube-hardener certs`.
+fn generated_field(yaml: &str, key: &str) -> Result<String> {
+    let encoded = yaml
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("{key}: ")))
+        .with_context(|| format!("{key} missing from the generated manifest"))?;
+    Ok(String::from_utf8(BASE64.decode(encoded)?)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_kube_hardener_certs_is_trusted_by_the_api_server() -> Result<()> {
+    // The self-signed install path end to end: the Secret and caBundle written by
+    // `kube-hardener certs`, served by the webhook and verified by the API server.
+    let out = tempfile::tempdir()?;
+    let status = std::process::Command::new(kube_hardener_e2e::kube_hardener_bin()?)
+        .args(["certs", "--san", "127.0.0.1", "--out-dir"])
+        .arg(out.path())
+        .status()?;
+    assert!(status.success());
+    let secret = std::fs::read_to_string(out.path().join("tls-secret.yaml"))?;
+    let patch = std::fs::read_to_string(out.path().join("webhook-ca-bundle.yaml"))?;
+    let certificate = kube_hardener_e2e::Certificate {
+        cert_pem: generated_field(&secret, "tls.crt")?,
+        key_pem: generated_field(&secret, "tls.key")?,
+        ca_pem: generated_field(&patch, "caBundle")?,
+    };
+    let server = LocalWebhook::start(ServerOptions {
+        certificate: Some(certificate),
+        ..ServerOptions::default()
+    })
+    .await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "certs", Default::default()).await?;
+    let _registration =
+        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
+    wait_until_hardening(&ns).await?;
+    let stored = ns
+        .pods()
+        .create(&PostParams::default(), &pod(plain_pod("web"))?)
+        .await?;
+    assert!(applied_annotation(&stored).is_some());
+    Ok(())
+}
