@@ -1,0 +1,253 @@
+//! Namespace annotations for reviews, from an in-memory reflector over
+//! Namespace metadata, with one bounded GET for a namespace not yet seen.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use prometheus_client::metrics::counter::Counter;
+
+/// Only annotations under this prefix are kept in the cache: nothing else is
+/// read, and dropping the rest (last-applied-configuration, managedFields,
+/// labels) keeps memory flat with thousands of namespaces.
+const KEPT_ANNOTATION_PREFIX: &str = "kube-hardener.io/";
+
+pub(crate) type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// Where a review's namespace annotations came from.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    Cached(Arc<NamespaceMeta>),
+    Fetched(Box<NamespaceMeta>),
+    /// The API server says the namespace does not exist.
+    NotFound,
+    /// No answer in time or an error: the review goes on without annotations.
+    Failed(String),
+}
+
+impl Lookup {
+    pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            Lookup::Cached(meta) => meta.metadata.annotations.as_ref(),
+            Lookup::Fetched(meta) => meta.metadata.annotations.as_ref(),
+            Lookup::NotFound | Lookup::Failed(_) => None,
+        }
+    }
+}
+
+/// The namespace annotations a review needs, without an API call in the
+/// common case. Cheap to clone: every HTTP worker holds one.
+#[derive(Clone)]
+pub struct NamespaceSource {
+    store: Store<NamespaceMeta>,
+    synced: Arc<AtomicBool>,
+    fallback: Option<Api<Namespace>>,
+    lookup_timeout: Duration,
+    watch_errors: Counter,
+}
+
+impl fmt::Debug for NamespaceSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamespaceSource")
+            .field("cached", &self.store.len())
+            .field("synced", &self.is_synced())
+            .field("fallback", &self.fallback.is_some())
+            .field("lookup_timeout", &self.lookup_timeout)
+            .finish()
+    }
+}
+
+impl NamespaceSource {
+    /// Starts a metadata reflector over all namespaces on the current runtime.
+    /// Watch errors are logged, counted and retried with backoff; the cache
+    /// keeps serving what it has meanwhile.
+    pub fn watch(client: kube::Client, lookup_timeout: Duration) -> Self {
+        let (store, writer) = reflector::store::<NamespaceMeta>();
+        let source = NamespaceSource::from_store(store, Some(client.clone()), lookup_timeout);
+        let errors = source.watch_errors.clone();
+        // An `Api` over `PartialObjectMeta` lists and watches metadata only.
+        let stream = watcher(
+            Api::<NamespaceMeta>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(error) = event {
+                    errors.inc();
+                    tracing::warn!(%error, "namespace watch failed; retrying with backoff");
+                }
+            }
+        });
+        source
+    }
+
+    /// A source over any reflector store, e.g. one fed by a
+    /// [`reflector::store::Writer`] directly. `fallback` is the client for
+    /// namespaces missing from the store; without one they have no
+    /// annotations. Must be called within a Tokio runtime: readiness is
+    /// tracked by a task waiting for the store's first complete list.
+    pub fn from_store(
+        store: Store<NamespaceMeta>,
+        fallback: Option<kube::Client>,
+        lookup_timeout: Duration,
+    ) -> Self {
+        let synced = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&synced);
+        let waiting = store.clone();
+        tokio::spawn(async move {
+            if waiting.wait_until_ready().await.is_ok() {
+                flag.store(true, Ordering::Release);
+                tracing::info!(namespaces = waiting.len(), "namespace cache synced");
+            }
+        });
+        NamespaceSource {
+            store,
+            synced,
+            fallback: fallback.map(Api::all),
+            lookup_timeout,
+            watch_errors: Counter::default(),
+        }
+    }
+
+    /// True once the first complete list of namespaces is in the store.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+
+    pub(crate) fn watch_errors(&self) -> Counter {
+        self.watch_errors.clone()
+    }
+
+    pub(crate) async fn lookup(&self, name: &str) -> Lookup {
+        if let Some(meta) = self.store.get(&ObjectRef::new(name)) {
+            return Lookup::Cached(meta);
+        }
+        let Some(api) = &self.fallback else {
+            return Lookup::Failed("namespace not cached and no API client".to_owned());
+        };
+        match tokio::time::timeout(self.lookup_timeout, api.get_metadata_opt(name)).await {
+            Ok(Ok(Some(mut meta))) => {
+                trim(&mut meta);
+                Lookup::Fetched(Box::new(meta))
+            }
+            Ok(Ok(None)) => Lookup::NotFound,
+            Ok(Err(error)) => Lookup::Failed(error.to_string()),
+            Err(_) => Lookup::Failed(format!(
+                "no answer within {} ms",
+                self.lookup_timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// Keeps only the name and the annotations this webhook reads.
+fn trim(meta: &mut NamespaceMeta) {
+    let metadata = &mut meta.metadata;
+    metadata.managed_fields = None;
+    metadata.labels = None;
+    metadata.owner_references = None;
+    metadata.finalizers = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.retain(|key, _| key.starts_with(KEPT_ANNOTATION_PREFIX));
+        if annotations.is_empty() {
+            metadata.annotations = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::runtime::watcher::Event;
+
+    fn namespace(name: &str, annotations: &[(&str, &str)]) -> NamespaceMeta {
+        let mut meta = kube::core::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        };
+        if !annotations.is_empty() {
+            meta.annotations = Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+        }
+        kube::core::metadata::PartialObjectMetaExt::into_response_partial(meta)
+    }
+
+    #[tokio::test]
+    async fn serves_cached_annotations_after_sync() {
+        let (store, mut writer) = reflector::store::<NamespaceMeta>();
+        let source = NamespaceSource::from_store(store, None, Duration::from_millis(50));
+        assert!(!source.is_synced());
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(namespace(
+            "team-a",
+            &[("kube-hardener.io/skip", "all")],
+        )));
+        writer.apply_watcher_event(&Event::InitDone);
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while !source.is_synced() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(source.len(), 1);
+        let lookup = source.lookup("team-a").await;
+        assert!(matches!(lookup, Lookup::Cached(_)));
+        assert_eq!(
+            lookup.annotations().unwrap()["kube-hardener.io/skip"],
+            "all"
+        );
+        assert!(matches!(source.lookup("team-b").await, Lookup::Failed(_)));
+    }
+
+    #[test]
+    fn trim_keeps_only_own_annotations() {
+        let mut meta = namespace(
+            "n",
+            &[
+                ("kube-hardener.io/skip", "capabilities"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+            ],
+        );
+        meta.metadata.labels = Some(BTreeMap::from([("a".to_owned(), "b".to_owned())]));
+        trim(&mut meta);
+        assert_eq!(
+            meta.metadata.annotations,
+            Some(BTreeMap::from([(
+                "kube-hardener.io/skip".to_owned(),
+                "capabilities".to_owned()
+            )]))
+        );
+        assert_eq!(meta.metadata.labels, None);
+        assert_eq!(meta.metadata.name.as_deref(), Some("n"));
+
+        let mut other = namespace("m", &[("owner", "x")]);
+        trim(&mut other);
+        assert_eq!(other.metadata.annotations, None);
+    }
+}
