@@ -189,7 +189,9 @@ fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
         let mut annotations = metadata;
         annotations.push(Tok::Key("annotations"));
         let value = render_applied(edits.applied, &[]);
-        edits.patch.set(&annotations, ANNOTATION_APPLIED, Value::from(value));
+        edits
+            .patch
+            .set(&annotations, ANNOTATION_APPLIED, Value::from(value));
         return;
     };
     let mut previous = SettingSet::default();
@@ -207,7 +209,9 @@ fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
     let mut path = metadata;
     path.push(Tok::Key("annotations"));
     path.push(Tok::Key(ANNOTATION_APPLIED));
-    edits.patch.replace(path, Value::from(render_applied(union, &unknown)));
+    edits
+        .patch
+        .replace(path, Value::from(render_applied(union, &unknown)));
 }
 
 fn render_applied(settings: SettingSet, extra: &[&str]) -> String {

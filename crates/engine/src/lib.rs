@@ -49,7 +49,10 @@ pub enum EngineError {
     #[error("the object is not a JSON object")]
     NotAnObject,
     #[error("field `{path}` must be {expected}")]
-    WrongType { path: String, expected: &'static str },
+    WrongType {
+        path: String,
+        expected: &'static str,
+    },
 }
 
 /// Computes the hardening patch for a Pod or for the pod template of a

@@ -94,7 +94,10 @@ mod tests {
             (
                 "runAsNonRoot,bogus,readonly",
                 Skip::Some(set(&[RunAsNonRoot])),
-                vec!["unknown setting `bogus` ignored", "unknown setting `readonly` ignored"],
+                vec![
+                    "unknown setting `bogus` ignored",
+                    "unknown setting `readonly` ignored",
+                ],
             ),
         ];
         for (value, expected, messages) in cases {
@@ -102,7 +105,11 @@ mod tests {
             assert_eq!(parse_skip(value, "f", &mut warnings), expected, "{value:?}");
             let got: Vec<_> = warnings.iter().map(|w| w.message.as_str()).collect();
             assert_eq!(got, messages, "{value:?}");
-            assert!(warnings.iter().all(|w| w.kind == WarningKind::Annotation && w.field == "f"));
+            assert!(
+                warnings
+                    .iter()
+                    .all(|w| w.kind == WarningKind::Annotation && w.field == "f")
+            );
         }
     }
 
@@ -115,10 +122,18 @@ mod tests {
 
     #[test]
     fn setting_set_iterates_in_canonical_order() {
-        let s = set(&[Setting::FsGroup, Setting::RunAsNonRoot, Setting::Capabilities]);
+        let s = set(&[
+            Setting::FsGroup,
+            Setting::RunAsNonRoot,
+            Setting::Capabilities,
+        ]);
         assert_eq!(
             s.to_vec(),
-            vec![Setting::RunAsNonRoot, Setting::Capabilities, Setting::FsGroup]
+            vec![
+                Setting::RunAsNonRoot,
+                Setting::Capabilities,
+                Setting::FsGroup
+            ]
         );
         assert!(!s.is_empty() && SettingSet::default().is_empty());
         assert_eq!(s.union(set(&[Setting::RunAsUser])).to_vec().len(), 4);

@@ -53,7 +53,7 @@ pub(crate) struct PatchBuilder<'v> {
 }
 
 /// The child of `node` at `token`; `null` counts as absent.
-fn child<'v>(node: &'v Value, token: Tok) -> Option<&'v Value> {
+fn child(node: &Value, token: Tok) -> Option<&Value> {
     let next = match (node, token) {
         (Value::Object(map), Tok::Key(key)) => map.get(key),
         (Value::Array(items), Tok::Index(index)) => items.get(index),
@@ -230,7 +230,10 @@ mod tests {
         for (raw, escaped) in cases {
             let raw: &'static str = Box::leak(raw.to_owned().into_boxed_str());
             let tokens = vec![Tok::Key("metadata"), Tok::Key(raw), Tok::Index(3), Tok::End];
-            assert_eq!(pointer(&tokens).as_str(), format!("/metadata/{escaped}/3/-"));
+            assert_eq!(
+                pointer(&tokens).as_str(),
+                format!("/metadata/{escaped}/3/-")
+            );
         }
     }
 
@@ -240,7 +243,11 @@ mod tests {
         let mut b = PatchBuilder::new(&root);
         let sc = toks(&["spec", "containers", "0", "securityContext"]);
         b.set(&sc, "allowPrivilegeEscalation", json!(false));
-        b.set(&toks(&["spec", "containers", "0", "securityContext", "capabilities"]), "drop", json!(["ALL"]));
+        b.set(
+            &toks(&["spec", "containers", "0", "securityContext", "capabilities"]),
+            "drop",
+            json!(["ALL"]),
+        );
         b.set(&sc, "readOnlyRootFilesystem", json!(true));
         assert_eq!(
             ops(b),
@@ -256,7 +263,11 @@ mod tests {
     fn adds_into_existing_objects_and_treats_null_as_missing() {
         let root = json!({"spec": {"securityContext": {"fsGroup": 1}, "os": null}});
         let mut b = PatchBuilder::new(&root);
-        b.set(&toks(&["spec", "securityContext"]), "runAsNonRoot", json!(true));
+        b.set(
+            &toks(&["spec", "securityContext"]),
+            "runAsNonRoot",
+            json!(true),
+        );
         b.set(&toks(&["spec", "os"]), "name", json!("linux"));
         assert_eq!(
             ops(b),
@@ -273,9 +284,25 @@ mod tests {
         let mut b = PatchBuilder::new(&root);
         b.push(&toks(&["spec", "volumes"]), json!({"name": "a"}));
         b.push(&toks(&["spec", "volumes"]), json!({"name": "b"}));
-        b.push(&toks(&["spec", "containers", "0", "volumeMounts"]), json!(1));
-        b.push(&toks(&["spec", "containers", "0", "volumeMounts"]), json!(2));
-        b.push(&toks(&["spec", "containers", "0", "securityContext", "capabilities", "drop"]), json!("ALL"));
+        b.push(
+            &toks(&["spec", "containers", "0", "volumeMounts"]),
+            json!(1),
+        );
+        b.push(
+            &toks(&["spec", "containers", "0", "volumeMounts"]),
+            json!(2),
+        );
+        b.push(
+            &toks(&[
+                "spec",
+                "containers",
+                "0",
+                "securityContext",
+                "capabilities",
+                "drop",
+            ]),
+            json!("ALL"),
+        );
         assert_eq!(
             ops(b),
             json!([
@@ -293,8 +320,16 @@ mod tests {
         let root = json!({"metadata": {}, "spec": {"containers": [{"name": "a"}]}});
         let mut b = PatchBuilder::new(&root);
         b.set(&toks(&["metadata", "annotations"]), "x/y", json!("1"));
-        b.set(&toks(&["spec", "securityContext"]), "runAsNonRoot", json!(true));
-        b.set(&toks(&["spec", "securityContext", "seccompProfile"]), "type", json!("RuntimeDefault"));
+        b.set(
+            &toks(&["spec", "securityContext"]),
+            "runAsNonRoot",
+            json!(true),
+        );
+        b.set(
+            &toks(&["spec", "securityContext", "seccompProfile"]),
+            "type",
+            json!("RuntimeDefault"),
+        );
         b.push(&toks(&["spec", "volumes"]), json!({"name": "t"}));
         b.replace(toks(&["spec", "containers", "0", "name"]), json!("b"));
         let patch = b.finish();

@@ -134,7 +134,10 @@ mod tests {
         assert!(meta.is_some_and(|m| m.contains_key("labels")));
 
         let deploy = obj(json!({"spec": {"template": {"spec": {}}}}));
-        let (_, meta) = Layout::for_kind("Deployment").unwrap().locate(&deploy).unwrap();
+        let (_, meta) = Layout::for_kind("Deployment")
+            .unwrap()
+            .locate(&deploy)
+            .unwrap();
         assert!(meta.is_none());
     }
 
@@ -144,12 +147,23 @@ mod tests {
             ("Pod", json!({}), "spec"),
             ("Pod", json!({"spec": []}), "spec"),
             ("Deployment", json!({"spec": {}}), "spec.template.spec"),
-            ("Deployment", json!({"spec": {"template": "x"}}), "spec.template"),
-            ("CronJob", json!({"spec": {"jobTemplate": {"spec": 1}}}), "spec.jobTemplate.spec"),
+            (
+                "Deployment",
+                json!({"spec": {"template": "x"}}),
+                "spec.template",
+            ),
+            (
+                "CronJob",
+                json!({"spec": {"jobTemplate": {"spec": 1}}}),
+                "spec.jobTemplate.spec",
+            ),
             ("Pod", json!({"spec": {}, "metadata": 3}), "metadata"),
         ];
         for (kind, object, path) in cases {
-            let err = Layout::for_kind(kind).unwrap().locate(&obj(object)).unwrap_err();
+            let err = Layout::for_kind(kind)
+                .unwrap()
+                .locate(&obj(object))
+                .unwrap_err();
             assert_eq!(
                 err,
                 EngineError::WrongType {

@@ -172,8 +172,16 @@ mod tests {
             (integer(&m, "spec", "k").map(drop), "spec.k", "an integer"),
             (integer(&m, "spec", "n").map(drop), "spec.n", "an integer"),
             (string(&m, "", "list").map(drop), "list", "a string"),
-            (objects(&m, "spec", "list").map(drop), "spec.list[0]", "an object"),
-            (strings(&m, "spec", "list").map(drop), "spec.list[0]", "a string"),
+            (
+                objects(&m, "spec", "list").map(drop),
+                "spec.list[0]",
+                "an object",
+            ),
+            (
+                strings(&m, "spec", "list").map(drop),
+                "spec.list[0]",
+                "a string",
+            ),
         ];
         for (result, path, expected) in cases {
             assert_eq!(

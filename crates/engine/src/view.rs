@@ -68,10 +68,15 @@ impl<'v> SecurityContext<'v> {
             ..SecurityContext::default()
         };
         if let Some(seccomp) = shape::object(sc, &at, "seccompProfile")? {
-            out.seccomp = Some(shape::string(seccomp, &shape::join(&at, "seccompProfile"), "type")?);
+            out.seccomp = Some(shape::string(
+                seccomp,
+                &shape::join(&at, "seccompProfile"),
+                "type",
+            )?);
         }
         if let Some(selinux) = shape::object(sc, &at, "seLinuxOptions")? {
-            out.se_linux_type = shape::string(selinux, &shape::join(&at, "seLinuxOptions"), "type")?;
+            out.se_linux_type =
+                shape::string(selinux, &shape::join(&at, "seLinuxOptions"), "type")?;
         }
         if pod_level {
             out.fs_group = shape::integer(sc, &at, "fsGroup")?;
@@ -114,7 +119,12 @@ impl ContainerView<'_> {
     /// Built on demand: most containers never get a warning.
     pub(crate) fn field(&self) -> String {
         match self.name {
-            Some(name) => format!("{}.{}{{{}}}", self.spec_field, self.list.key(), shape::clip(name, 63)),
+            Some(name) => format!(
+                "{}.{}{{{}}}",
+                self.spec_field,
+                self.list.key(),
+                shape::clip(name, 63)
+            ),
             None => format!("{}.{}[{}]", self.spec_field, self.list.key(), self.index),
         }
     }
@@ -196,7 +206,10 @@ impl<'v> PodView<'v> {
             }
         }
         let mut volumes = Vec::new();
-        for (i, volume) in shape::objects(spec, field, "volumes")?.into_iter().enumerate() {
+        for (i, volume) in shape::objects(spec, field, "volumes")?
+            .into_iter()
+            .enumerate()
+        {
             let at = format!("{field}.volumes[{i}]");
             volumes.push(VolumeView {
                 name: shape::string(volume, &at, "name")?,
@@ -275,10 +288,30 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (ListKind::Containers, 0, "spec.containers{app}".to_owned(), "app".to_owned()),
-                (ListKind::Containers, 1, "spec.containers[1]".to_owned(), "containers-1".to_owned()),
-                (ListKind::InitContainers, 0, "spec.initContainers{init}".to_owned(), "init".to_owned()),
-                (ListKind::EphemeralContainers, 0, "spec.ephemeralContainers{debug}".to_owned(), "debug".to_owned()),
+                (
+                    ListKind::Containers,
+                    0,
+                    "spec.containers{app}".to_owned(),
+                    "app".to_owned()
+                ),
+                (
+                    ListKind::Containers,
+                    1,
+                    "spec.containers[1]".to_owned(),
+                    "containers-1".to_owned()
+                ),
+                (
+                    ListKind::InitContainers,
+                    0,
+                    "spec.initContainers{init}".to_owned(),
+                    "init".to_owned()
+                ),
+                (
+                    ListKind::EphemeralContainers,
+                    0,
+                    "spec.ephemeralContainers{debug}".to_owned(),
+                    "debug".to_owned()
+                ),
             ]
         );
     }
@@ -322,29 +355,76 @@ mod tests {
     fn malformed_shapes_are_typed_errors_naming_the_field() {
         let cases = [
             (json!({"containers": {}}), "spec.containers", "an array"),
-            (json!({"containers": ["x"]}), "spec.containers[0]", "an object"),
-            (json!({"containers": [{"name": 1}]}), "spec.containers[0].name", "a string"),
-            (json!({"containers": [{"securityContext": "x"}]}), "spec.containers[0].securityContext", "an object"),
-            (json!({"initContainers": [{"securityContext": {"privileged": "yes"}}]}),
-                "spec.initContainers[0].securityContext.privileged", "a boolean"),
-            (json!({"containers": [{"securityContext": {"capabilities": {"drop": "ALL"}}}]}),
-                "spec.containers[0].securityContext.capabilities.drop", "an array"),
-            (json!({"containers": [{"securityContext": {"capabilities": {"add": [1]}}}]}),
-                "spec.containers[0].securityContext.capabilities.add[0]", "a string"),
-            (json!({"containers": [{"volumeMounts": [{"mountPath": 5}]}]}),
-                "spec.containers[0].volumeMounts[0].mountPath", "a string"),
-            (json!({"securityContext": {"runAsUser": "0"}}), "spec.securityContext.runAsUser", "an integer"),
-            (json!({"securityContext": {"seccompProfile": "RuntimeDefault"}}), "spec.securityContext.seccompProfile", "an object"),
-            (json!({"securityContext": {"sysctls": [{"name": 1}]}}), "spec.securityContext.sysctls[0].name", "a string"),
+            (
+                json!({"containers": ["x"]}),
+                "spec.containers[0]",
+                "an object",
+            ),
+            (
+                json!({"containers": [{"name": 1}]}),
+                "spec.containers[0].name",
+                "a string",
+            ),
+            (
+                json!({"containers": [{"securityContext": "x"}]}),
+                "spec.containers[0].securityContext",
+                "an object",
+            ),
+            (
+                json!({"initContainers": [{"securityContext": {"privileged": "yes"}}]}),
+                "spec.initContainers[0].securityContext.privileged",
+                "a boolean",
+            ),
+            (
+                json!({"containers": [{"securityContext": {"capabilities": {"drop": "ALL"}}}]}),
+                "spec.containers[0].securityContext.capabilities.drop",
+                "an array",
+            ),
+            (
+                json!({"containers": [{"securityContext": {"capabilities": {"add": [1]}}}]}),
+                "spec.containers[0].securityContext.capabilities.add[0]",
+                "a string",
+            ),
+            (
+                json!({"containers": [{"volumeMounts": [{"mountPath": 5}]}]}),
+                "spec.containers[0].volumeMounts[0].mountPath",
+                "a string",
+            ),
+            (
+                json!({"securityContext": {"runAsUser": "0"}}),
+                "spec.securityContext.runAsUser",
+                "an integer",
+            ),
+            (
+                json!({"securityContext": {"seccompProfile": "RuntimeDefault"}}),
+                "spec.securityContext.seccompProfile",
+                "an object",
+            ),
+            (
+                json!({"securityContext": {"sysctls": [{"name": 1}]}}),
+                "spec.securityContext.sysctls[0].name",
+                "a string",
+            ),
             (json!({"os": {"name": 1}}), "spec.os.name", "a string"),
-            (json!({"volumes": [{"name": []}]}), "spec.volumes[0].name", "a string"),
-            (json!({"hostNetwork": "true"}), "spec.hostNetwork", "a boolean"),
+            (
+                json!({"volumes": [{"name": []}]}),
+                "spec.volumes[0].name",
+                "a string",
+            ),
+            (
+                json!({"hostNetwork": "true"}),
+                "spec.hostNetwork",
+                "a boolean",
+            ),
         ];
         for (spec, path, expected) in cases {
             let err = parse(spec.clone()).unwrap_err();
             assert_eq!(
                 err,
-                EngineError::WrongType { path: path.to_owned(), expected },
+                EngineError::WrongType {
+                    path: path.to_owned(),
+                    expected
+                },
                 "{spec}"
             );
         }

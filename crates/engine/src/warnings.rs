@@ -1,10 +1,10 @@
 //! Risky explicit values that are never changed, only reported: the operator
 //! gets an admission warning, Pod Security Admission does the enforcing.
 
+use crate::WarningKind;
 use crate::rules::Edits;
 use crate::shape::clip;
 use crate::view::{ContainerView, PodView, SecurityContext};
-use crate::WarningKind;
 
 /// SELinux types the Pod Security baseline profile allows.
 const SAFE_SELINUX_TYPES: [&str; 5] = [
@@ -39,7 +39,10 @@ fn common(sc: &SecurityContext<'_>, at: &dyn Fn() -> String, edits: &mut Edits<'
         edits.warn(
             WarningKind::SeLinuxType,
             format!("{}.securityContext.seLinuxOptions.type", at()),
-            format!("SELinux type `{}` is not confined like a container", clip(kind, 40)),
+            format!(
+                "SELinux type `{}` is not confined like a container",
+                clip(kind, 40)
+            ),
         );
     }
     if sc.seccomp == Some(Some("Unconfined")) {
@@ -69,7 +72,10 @@ pub(crate) fn pod(pod: &PodView<'_>, edits: &mut Edits<'_>) {
     for volume in pod.volumes.iter().filter(|v| v.host_path) {
         edits.warn(
             WarningKind::HostPath,
-            format!("{at}.volumes{{{}}}.hostPath", clip(volume.name.unwrap_or_default(), 63)),
+            format!(
+                "{at}.volumes{{{}}}.hostPath",
+                clip(volume.name.unwrap_or_default(), 63)
+            ),
             "mounts a directory of the node",
         );
     }
@@ -77,7 +83,10 @@ pub(crate) fn pod(pod: &PodView<'_>, edits: &mut Edits<'_>) {
         edits.warn(
             WarningKind::UnsafeSysctl,
             format!("{at}.securityContext.sysctls"),
-            format!("`{}` is not in the Pod Security baseline safe set", clip(sysctl, 60)),
+            format!(
+                "`{}` is not in the Pod Security baseline safe set",
+                clip(sysctl, 60)
+            ),
         );
     }
     common(&pod.sc, &|| at.to_owned(), edits);
@@ -136,20 +145,51 @@ mod tests {
         use WarningKind::*;
         let c = |sc: Value| json!({"containers": [{"name": "app", "securityContext": sc}]});
         let cases = [
-            (c(json!({"privileged": true})), Privileged, "spec.containers{app}.securityContext.privileged"),
-            (c(json!({"procMount": "Unmasked"})), ProcMountUnmasked, "spec.containers{app}.securityContext.procMount"),
-            (c(json!({"seLinuxOptions": {"type": "spc_t"}})), SeLinuxType,
-             "spec.containers{app}.securityContext.seLinuxOptions.type"),
-            (json!({"securityContext": {"seLinuxOptions": {"type": "unconfined_t"}}}), SeLinuxType,
-             "spec.securityContext.seLinuxOptions.type"),
-            (c(json!({"capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"]}})), AddedCapabilities,
-             "spec.containers{app}.securityContext.capabilities.add"),
-            (c(json!({"seccompProfile": {"type": "Unconfined"}})), SeccompUnconfined,
-             "spec.containers{app}.securityContext.seccompProfile.type"),
-            (json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}), UnsafeSysctl,
-             "spec.securityContext.sysctls"),
-            (json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}), HostPath, "spec.volumes{root}.hostPath"),
-            (json!({"hostNetwork": true}), HostNamespace, "spec.hostNetwork"),
+            (
+                c(json!({"privileged": true})),
+                Privileged,
+                "spec.containers{app}.securityContext.privileged",
+            ),
+            (
+                c(json!({"procMount": "Unmasked"})),
+                ProcMountUnmasked,
+                "spec.containers{app}.securityContext.procMount",
+            ),
+            (
+                c(json!({"seLinuxOptions": {"type": "spc_t"}})),
+                SeLinuxType,
+                "spec.containers{app}.securityContext.seLinuxOptions.type",
+            ),
+            (
+                json!({"securityContext": {"seLinuxOptions": {"type": "unconfined_t"}}}),
+                SeLinuxType,
+                "spec.securityContext.seLinuxOptions.type",
+            ),
+            (
+                c(json!({"capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"]}})),
+                AddedCapabilities,
+                "spec.containers{app}.securityContext.capabilities.add",
+            ),
+            (
+                c(json!({"seccompProfile": {"type": "Unconfined"}})),
+                SeccompUnconfined,
+                "spec.containers{app}.securityContext.seccompProfile.type",
+            ),
+            (
+                json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}),
+                UnsafeSysctl,
+                "spec.securityContext.sysctls",
+            ),
+            (
+                json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+                HostPath,
+                "spec.volumes{root}.hostPath",
+            ),
+            (
+                json!({"hostNetwork": true}),
+                HostNamespace,
+                "spec.hostNetwork",
+            ),
             (json!({"hostPID": true}), HostNamespace, "spec.hostPID"),
             (json!({"hostIPC": true}), HostNamespace, "spec.hostIPC"),
         ];
@@ -193,7 +233,10 @@ mod tests {
         let got = warnings(spec);
         assert_eq!(got.len(), 6);
         for (_, field, message) in got {
-            assert!(field.chars().count() + 2 + message.chars().count() < 200, "{field}: {message}");
+            assert!(
+                field.chars().count() + 2 + message.chars().count() < 200,
+                "{field}: {message}"
+            );
         }
     }
 }

@@ -143,7 +143,9 @@ mod tests {
     fn is_dns1123_label(name: &str) -> bool {
         !name.is_empty()
             && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-')
             && !name.ends_with('-')
     }
@@ -233,7 +235,12 @@ mod tests {
         let hash = fnv1a32(&[b"app", b"\0", b"/tmp"]);
         let taken_hash = format!("kh-app-tmp-{hash:08x}");
         let salted: Vec<String> = (1u8..4)
-            .map(|s| format!("kh-app-tmp-{:08x}", fnv1a32(&[b"app", b"\0", b"/tmp", &[s]])))
+            .map(|s| {
+                format!(
+                    "kh-app-tmp-{:08x}",
+                    fnv1a32(&[b"app", b"\0", b"/tmp", &[s]])
+                )
+            })
             .collect();
         let mut taken = vec!["kh-app-tmp", taken_hash.as_str(), "kh-app-tmp-0"];
         taken.extend(salted.iter().map(String::as_str));
@@ -248,7 +255,12 @@ mod tests {
     #[test]
     fn generated_names_are_always_dns1123_labels() {
         let containers = ["x", "Ünïcödé", "a.b.c", &"z".repeat(200), "-", "9"];
-        let paths = ["/tmp", "/a/b/c/d/e/f/g", &format!("/{}", "p".repeat(100)), "/__"];
+        let paths = [
+            "/tmp",
+            "/a/b/c/d/e/f/g",
+            &format!("/{}", "p".repeat(100)),
+            "/__",
+        ];
         let mut namer = VolumeNamer::new([]);
         for c in containers {
             for p in paths {

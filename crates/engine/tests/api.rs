@@ -1,6 +1,9 @@
 //! The public API end to end: kinds, namespaces, opt-outs, the provenance
 //! annotation, ephemeral containers and malformed input.
 
+// Test helpers outside #[test] functions fail loudly on broken fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 
 use kube_hardener_engine::{
@@ -24,31 +27,57 @@ fn apply(object: &Value, outcome: &Outcome) -> Value {
 }
 
 fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 #[test]
 fn every_workload_kind_is_hardened_at_its_template() {
-    let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "app"}]}});
+    let template =
+        json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "app"}]}});
     let cases = [
-        ("Deployment", json!({"template": template}), "/spec/template"),
-        ("StatefulSet", json!({"template": template}), "/spec/template"),
+        (
+            "Deployment",
+            json!({"template": template}),
+            "/spec/template",
+        ),
+        (
+            "StatefulSet",
+            json!({"template": template}),
+            "/spec/template",
+        ),
         ("DaemonSet", json!({"template": template}), "/spec/template"),
-        ("ReplicaSet", json!({"template": template}), "/spec/template"),
+        (
+            "ReplicaSet",
+            json!({"template": template}),
+            "/spec/template",
+        ),
         ("Job", json!({"template": template}), "/spec/template"),
-        ("CronJob", json!({"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}),
-         "/spec/jobTemplate/spec/template"),
+        (
+            "CronJob",
+            json!({"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}),
+            "/spec/jobTemplate/spec/template",
+        ),
     ];
     for (kind, spec, at) in cases {
-        let object = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "w"}, "spec": spec});
+        let object =
+            json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "w"}, "spec": spec});
         let outcome = harden(&object, &Context::default(), &Policy::default()).unwrap();
         assert_eq!(outcome.disposition, Disposition::Hardened, "{kind}");
         let out = apply(&object, &outcome);
         let tpl = out.pointer(at).unwrap();
-        assert_eq!(tpl["spec"]["securityContext"]["runAsNonRoot"], json!(true), "{kind}");
+        assert_eq!(
+            tpl["spec"]["securityContext"]["runAsNonRoot"],
+            json!(true),
+            "{kind}"
+        );
         assert_eq!(
             tpl["metadata"]["annotations"][ANNOTATION_APPLIED],
-            json!("runAsNonRoot,seccompProfile,allowPrivilegeEscalation,capabilities,readOnlyRootFilesystem"),
+            json!(
+                "runAsNonRoot,seccompProfile,allowPrivilegeEscalation,capabilities,readOnlyRootFilesystem"
+            ),
             "{kind}"
         );
         // The workload's own metadata is not the pod's.
@@ -78,12 +107,18 @@ fn excluded_namespaces_come_from_the_context_or_the_object() {
     let policy = Policy::default();
     let object = simple_pod();
     let cases = [
-        (Some("kube-system"), Disposition::ExcludedNamespace("kube-system".into())),
+        (
+            Some("kube-system"),
+            Disposition::ExcludedNamespace("kube-system".into()),
+        ),
         (Some("apps"), Disposition::Hardened),
         (None, Disposition::Hardened),
     ];
     for (namespace, expected) in cases {
-        let ctx = Context { namespace, namespace_annotations: None };
+        let ctx = Context {
+            namespace,
+            namespace_annotations: None,
+        };
         let outcome = harden(&object, &ctx, &policy).unwrap();
         assert_eq!(outcome.disposition, expected);
         assert_eq!(outcome.is_empty(), expected != Disposition::Hardened);
@@ -91,11 +126,20 @@ fn excluded_namespaces_come_from_the_context_or_the_object() {
     let mut in_system = simple_pod();
     in_system["metadata"]["namespace"] = json!("kube-public");
     let outcome = harden(&in_system, &Context::default(), &policy).unwrap();
-    assert_eq!(outcome.disposition, Disposition::ExcludedNamespace("kube-public".into()));
+    assert_eq!(
+        outcome.disposition,
+        Disposition::ExcludedNamespace("kube-public".into())
+    );
     assert!(outcome.is_empty());
     // The context (the admission request's namespace) wins over the manifest.
-    let ctx = Context { namespace: Some("apps"), namespace_annotations: None };
-    assert_eq!(harden(&in_system, &ctx, &policy).unwrap().disposition, Disposition::Hardened);
+    let ctx = Context {
+        namespace: Some("apps"),
+        namespace_annotations: None,
+    };
+    assert_eq!(
+        harden(&in_system, &ctx, &policy).unwrap().disposition,
+        Disposition::Hardened
+    );
 }
 
 #[test]
@@ -104,7 +148,10 @@ fn namespace_skip_annotation() {
     let policy = Policy::default();
     let run = |value: &str| {
         let ns = annotations(&[("kube-hardener.io/skip", value)]);
-        let ctx = Context { namespace: Some("apps"), namespace_annotations: Some(&ns) };
+        let ctx = Context {
+            namespace: Some("apps"),
+            namespace_annotations: Some(&ns),
+        };
         harden(&object, &ctx, &policy).unwrap()
     };
     let all = run("all");
@@ -114,7 +161,11 @@ fn namespace_skip_annotation() {
     let some = run("readOnlyRootFilesystem, Capabilities, nonsense");
     assert_eq!(
         some.applied,
-        vec![Setting::RunAsNonRoot, Setting::SeccompProfile, Setting::AllowPrivilegeEscalation]
+        vec![
+            Setting::RunAsNonRoot,
+            Setting::SeccompProfile,
+            Setting::AllowPrivilegeEscalation
+        ]
     );
     assert_eq!(some.warnings.len(), 1);
     assert_eq!(some.warnings[0].kind, WarningKind::Annotation);
@@ -140,7 +191,10 @@ fn pod_skip_annotation_only_when_allowed() {
     assert!(ignored.applied.contains(&Setting::Capabilities));
     assert_eq!(ignored.warnings.len(), 1);
     assert_eq!(ignored.warnings[0].kind, WarningKind::Annotation);
-    assert_eq!(ignored.warnings[0].field, "metadata.annotations[kube-hardener.io/skip]");
+    assert_eq!(
+        ignored.warnings[0].field,
+        "metadata.annotations[kube-hardener.io/skip]"
+    );
 
     policy.allow_pod_opt_out = true;
     let honoured = harden(&object, &Context::default(), &policy).unwrap();
@@ -155,7 +209,10 @@ fn pod_skip_annotation_only_when_allowed() {
     // Namespace and pod lists add up.
     object["metadata"]["annotations"]["kube-hardener.io/skip"] = json!("capabilities");
     let ns = annotations(&[("kube-hardener.io/skip", "seccompProfile")]);
-    let ctx = Context { namespace: None, namespace_annotations: Some(&ns) };
+    let ctx = Context {
+        namespace: None,
+        namespace_annotations: Some(&ns),
+    };
     let both = harden(&object, &ctx, &policy).unwrap();
     assert!(!both.applied.contains(&Setting::Capabilities));
     assert!(!both.applied.contains(&Setting::SeccompProfile));
@@ -181,8 +238,14 @@ fn applied_annotation_is_created_escaped_and_merged() {
     let outcome = harden(&object, &Context::default(), &Policy::default()).unwrap();
     let last = serde_json::to_value(outcome.patch.0.last().unwrap()).unwrap();
     assert_eq!(last["op"], json!("add"));
-    assert_eq!(last["path"], json!("/metadata/annotations/kube-hardener.io~1applied"));
-    assert_eq!(apply(&object, &outcome)["metadata"]["annotations"]["a~b/c"], json!("x"));
+    assert_eq!(
+        last["path"],
+        json!("/metadata/annotations/kube-hardener.io~1applied")
+    );
+    assert_eq!(
+        apply(&object, &outcome)["metadata"]["annotations"]["a~b/c"],
+        json!("x")
+    );
 
     // An earlier value is merged (union, canonical order, unknown names kept).
     object["metadata"]["annotations"] = json!({ANNOTATION_APPLIED: "fsGroup,legacyThing"});
@@ -191,13 +254,17 @@ fn applied_annotation_is_created_escaped_and_merged() {
     assert_eq!(last["op"], json!("replace"));
     assert_eq!(
         last["value"],
-        json!("runAsNonRoot,seccompProfile,allowPrivilegeEscalation,capabilities,readOnlyRootFilesystem,fsGroup,legacyThing")
+        json!(
+            "runAsNonRoot,seccompProfile,allowPrivilegeEscalation,capabilities,readOnlyRootFilesystem,fsGroup,legacyThing"
+        )
     );
 
     // Nothing new relative to the recorded value: no annotation op.
     let mut object = simple_pod();
-    object["spec"]["securityContext"] = json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
-    object["spec"]["containers"][0]["securityContext"] = json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true});
+    object["spec"]["securityContext"] =
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
+    object["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true});
     object["metadata"]["annotations"] = json!({ANNOTATION_APPLIED: "Capabilities"});
     let outcome = harden(&object, &Context::default(), &Policy::default()).unwrap();
     assert_eq!(outcome.applied, vec![Setting::Capabilities]);
@@ -224,26 +291,57 @@ fn malformed_objects_are_errors_not_panics() {
         (json!("pod"), EngineError::NotAnObject),
         (json!({"kind": 5}), wrong("kind", "a string")),
         (json!({"kind": "Pod"}), wrong("spec", "an object")),
-        (json!({"kind": "Pod", "spec": "x"}), wrong("spec", "an object")),
-        (json!({"kind": "Pod", "spec": {"containers": {}}}), wrong("spec.containers", "an array")),
-        (json!({"kind": "Pod", "spec": {"securityContext": "x"}}), wrong("spec.securityContext", "an object")),
-        (json!({"kind": "Pod", "metadata": [], "spec": {}}), wrong("metadata", "an object")),
-        (json!({"kind": "Pod", "metadata": {"namespace": 1}, "spec": {}}), wrong("metadata.namespace", "a string")),
-        (json!({"kind": "Pod", "metadata": {"annotations": []}, "spec": {}}), wrong("metadata.annotations", "an object")),
-        (json!({"kind": "Pod", "metadata": {"annotations": {"kube-hardener.io/skip": 1}}, "spec": {}}),
-         wrong("metadata.annotations[kube-hardener.io/skip]", "a string")),
-        (json!({"kind": "Pod", "metadata": {"annotations": {"kube-hardener.io/applied": true}}, "spec": {}}),
-         wrong("metadata.annotations[kube-hardener.io/applied]", "a string")),
-        (json!({"kind": "Deployment", "spec": {"template": {"spec": {"initContainers": [1]}}}}),
-         wrong("spec.template.spec.initContainers[0]", "an object")),
+        (
+            json!({"kind": "Pod", "spec": "x"}),
+            wrong("spec", "an object"),
+        ),
+        (
+            json!({"kind": "Pod", "spec": {"containers": {}}}),
+            wrong("spec.containers", "an array"),
+        ),
+        (
+            json!({"kind": "Pod", "spec": {"securityContext": "x"}}),
+            wrong("spec.securityContext", "an object"),
+        ),
+        (
+            json!({"kind": "Pod", "metadata": [], "spec": {}}),
+            wrong("metadata", "an object"),
+        ),
+        (
+            json!({"kind": "Pod", "metadata": {"namespace": 1}, "spec": {}}),
+            wrong("metadata.namespace", "a string"),
+        ),
+        (
+            json!({"kind": "Pod", "metadata": {"annotations": []}, "spec": {}}),
+            wrong("metadata.annotations", "an object"),
+        ),
+        (
+            json!({"kind": "Pod", "metadata": {"annotations": {"kube-hardener.io/skip": 1}}, "spec": {}}),
+            wrong("metadata.annotations[kube-hardener.io/skip]", "a string"),
+        ),
+        (
+            json!({"kind": "Pod", "metadata": {"annotations": {"kube-hardener.io/applied": true}}, "spec": {}}),
+            wrong("metadata.annotations[kube-hardener.io/applied]", "a string"),
+        ),
+        (
+            json!({"kind": "Deployment", "spec": {"template": {"spec": {"initContainers": [1]}}}}),
+            wrong("spec.template.spec.initContainers[0]", "an object"),
+        ),
     ];
     for (object, expected) in cases {
-        assert_eq!(harden(&object, &Context::default(), &Policy::default()), Err(expected), "{object}");
+        assert_eq!(
+            harden(&object, &Context::default(), &Policy::default()),
+            Err(expected),
+            "{object}"
+        );
     }
 }
 
 fn wrong(path: &str, expected: &'static str) -> EngineError {
-    EngineError::WrongType { path: path.to_owned(), expected }
+    EngineError::WrongType {
+        path: path.to_owned(),
+        expected,
+    }
 }
 
 #[test]
@@ -251,14 +349,24 @@ fn unnamed_containers_are_hardened() {
     let object = pod(json!({"containers": [{"image": "x"}]}));
     let outcome = harden(&object, &Context::default(), &Policy::default()).unwrap();
     let out = apply(&object, &outcome);
-    assert_eq!(out["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"], json!(true));
-    assert_eq!(out["spec"]["volumes"][0]["name"], json!("kh-containers-0-tmp"));
+    assert_eq!(
+        out["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        json!(true)
+    );
+    assert_eq!(
+        out["spec"]["volumes"][0]["name"],
+        json!("kh-containers-0-tmp")
+    );
 }
 
 #[test]
 fn writable_paths_annotation_replaces_the_configuration() {
     let cases = [
-        ("/var/cache/nginx, /run/", vec!["/var/cache/nginx", "/run"], 0),
+        (
+            "/var/cache/nginx, /run/",
+            vec!["/var/cache/nginx", "/run"],
+            0,
+        ),
         ("", vec![], 0),
         ("relative,/ok,/x/../y,/c:", vec!["/ok"], 3),
     ];
@@ -269,12 +377,21 @@ fn writable_paths_annotation_replaces_the_configuration() {
         let out = apply(&object, &outcome);
         let got: Vec<_> = out["spec"]["containers"][0]["volumeMounts"]
             .as_array()
-            .map(|m| m.iter().map(|m| m["mountPath"].as_str().unwrap().to_owned()).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         assert_eq!(got, mounted, "{value}");
         assert_eq!(outcome.warnings.len(), warnings, "{value}");
-        assert!(outcome.warnings.iter().all(|w| w.kind == WarningKind::Annotation
-            && w.field == "metadata.annotations[kube-hardener.io/writable-paths]"));
+        assert!(
+            outcome
+                .warnings
+                .iter()
+                .all(|w| w.kind == WarningKind::Annotation
+                    && w.field == "metadata.annotations[kube-hardener.io/writable-paths]")
+        );
         assert!(outcome.applied.contains(&Setting::ReadOnlyRootFilesystem));
     }
 }
@@ -290,10 +407,18 @@ fn new_ephemeral_containers_only() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "debugger-2", "image": "busybox", "targetContainerName": "app"}));
-    let outcome = harden_new_ephemeral_containers(&new, &old, &Context::default(), &Policy::default()).unwrap();
+    let outcome =
+        harden_new_ephemeral_containers(&new, &old, &Context::default(), &Policy::default())
+            .unwrap();
     assert_eq!(outcome.disposition, Disposition::Hardened);
     for op in outcome.patch.iter() {
-        assert!(op.path().as_str().starts_with("/spec/ephemeralContainers/1"), "{}", op.path());
+        assert!(
+            op.path()
+                .as_str()
+                .starts_with("/spec/ephemeralContainers/1"),
+            "{}",
+            op.path()
+        );
     }
     let out = apply(&new, &outcome);
     assert_eq!(
@@ -303,7 +428,12 @@ fn new_ephemeral_containers_only() {
     );
     assert_eq!(
         outcome.applied,
-        vec![Setting::RunAsNonRoot, Setting::SeccompProfile, Setting::AllowPrivilegeEscalation, Setting::Capabilities]
+        vec![
+            Setting::RunAsNonRoot,
+            Setting::SeccompProfile,
+            Setting::AllowPrivilegeEscalation,
+            Setting::Capabilities
+        ]
     );
     assert_eq!(outcome.warnings.len(), 1);
     assert_eq!(outcome.warnings[0].kind, WarningKind::NotInjected);
@@ -311,22 +441,46 @@ fn new_ephemeral_containers_only() {
 
     // Same opt-outs and exclusions as on create.
     let ns = annotations(&[("kube-hardener.io/skip", "all")]);
-    let ctx = Context { namespace: None, namespace_annotations: Some(&ns) };
+    let ctx = Context {
+        namespace: None,
+        namespace_annotations: Some(&ns),
+    };
     let skipped = harden_new_ephemeral_containers(&new, &old, &ctx, &Policy::default()).unwrap();
     assert_eq!(skipped.disposition, Disposition::SkippedAll);
-    let ctx = Context { namespace: Some("kube-system"), namespace_annotations: None };
+    let ctx = Context {
+        namespace: Some("kube-system"),
+        namespace_annotations: None,
+    };
     let excluded = harden_new_ephemeral_containers(&new, &old, &ctx, &Policy::default()).unwrap();
     assert!(excluded.is_empty());
 
     // Nothing new: nothing to do.
-    let same = harden_new_ephemeral_containers(&old, &old, &Context::default(), &Policy::default()).unwrap();
+    let same = harden_new_ephemeral_containers(&old, &old, &Context::default(), &Policy::default())
+        .unwrap();
     assert!(same.is_empty() && same.warnings.is_empty());
 
     // Not a pod.
-    let other = harden_new_ephemeral_containers(&json!({"kind": "Deployment"}), &old, &Context::default(), &Policy::default()).unwrap();
-    assert_eq!(other.disposition, Disposition::UnsupportedKind("Deployment".into()));
+    let other = harden_new_ephemeral_containers(
+        &json!({"kind": "Deployment"}),
+        &old,
+        &Context::default(),
+        &Policy::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        other.disposition,
+        Disposition::UnsupportedKind("Deployment".into())
+    );
 
     // Malformed old object.
-    let err = harden_new_ephemeral_containers(&new, &json!({"spec": {"ephemeralContainers": 1}}), &Context::default(), &Policy::default());
-    assert_eq!(err, Err(wrong("oldObject.spec.ephemeralContainers", "an array")));
+    let err = harden_new_ephemeral_containers(
+        &new,
+        &json!({"spec": {"ephemeralContainers": 1}}),
+        &Context::default(),
+        &Policy::default(),
+    );
+    assert_eq!(
+        err,
+        Err(wrong("oldObject.spec.ephemeralContainers", "an array"))
+    );
 }

@@ -5,6 +5,9 @@
 //! The outcome and the patched object are compared with the reviewed
 //! snapshot in `tests/snapshots/`.
 
+// Test helpers outside #[test] functions fail loudly on broken fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,7 +50,13 @@ fn run(dir: &Path) -> (Value, Outcome, Context<'static>, Policy) {
     let ctx = match namespace {
         None => Context::default(),
         Some(ns) => {
-            let name: &'static str = Box::leak(ns["metadata"]["name"].as_str().unwrap_or_default().to_owned().into_boxed_str());
+            let name: &'static str = Box::leak(
+                ns["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+                    .into_boxed_str(),
+            );
             let annotations: BTreeMap<String, String> =
                 serde_json::from_value(ns["metadata"]["annotations"].clone()).unwrap_or_default();
             Context {
@@ -69,7 +78,11 @@ fn golden_files() {
     let cases = cases();
     assert!(cases.len() >= 25, "fixtures missing: {}", cases.len());
     for dir in cases {
-        let name = dir.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_owned();
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name")
+            .to_owned();
         let (input, outcome, ctx, policy) = run(&dir);
         let mut output = input.clone();
         json_patch::patch(&mut output, &outcome.patch).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -77,16 +90,27 @@ fn golden_files() {
         // Every hardened golden object is a fixed point.
         if outcome.disposition == Disposition::Hardened && !dir.join("old.yaml").exists() {
             let again = harden(&output, &ctx, &policy).unwrap();
-            assert!(again.is_empty(), "{name}: second pass patched {}", again.patch);
+            assert!(
+                again.is_empty(),
+                "{name}: second pass patched {}",
+                again.patch
+            );
             assert!(again.applied.is_empty(), "{name}");
         }
         for warning in &outcome.warnings {
-            assert!(warning.to_string().chars().count() < 200, "{name}: {warning}");
+            assert!(
+                warning.to_string().chars().count() < 200,
+                "{name}: {warning}"
+            );
         }
 
         let golden = Golden {
             disposition: format!("{:?}", outcome.disposition),
-            applied: outcome.applied.iter().map(|s| s.name().to_owned()).collect(),
+            applied: outcome
+                .applied
+                .iter()
+                .map(|s| s.name().to_owned())
+                .collect(),
             warnings: outcome
                 .warnings
                 .iter()

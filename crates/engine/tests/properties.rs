@@ -3,6 +3,9 @@
 //! securityContext field, random volumes and mounts, unknown fields, Windows
 //! or Linux, and random policies.
 
+// Test helpers outside #[test] functions fail loudly on broken fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 
 use kube_hardener_engine::{Context, Disposition, Policy, Setting, harden};
@@ -45,7 +48,15 @@ fn unknown() -> impl Strategy<Value = Value> {
 }
 
 fn caps() -> impl Strategy<Value = Value> {
-    let add = prop::sample::subsequence(vec!["NET_BIND_SERVICE", "SYS_ADMIN", "CAP_SYS_ADMIN", "NET_ADMIN"], 0..=2);
+    let add = prop::sample::subsequence(
+        vec![
+            "NET_BIND_SERVICE",
+            "SYS_ADMIN",
+            "CAP_SYS_ADMIN",
+            "NET_ADMIN",
+        ],
+        0..=2,
+    );
     let drop = prop::sample::subsequence(vec!["NET_RAW", "all", "ALL"], 0..=2);
     (opt(add), opt(drop), opt(unknown())).prop_map(|(add, drop, extra)| {
         let mut m = Map::new();
@@ -69,20 +80,22 @@ fn container_sc() -> impl Strategy<Value = Value> {
         opt(unknown()),
         opt(uid()),
     )
-        .prop_map(|(rnr, user, ape, privileged, rorf, caps, seccomp, proc_mount, extra, group)| {
-            let mut m = Map::new();
-            insert(&mut m, "runAsNonRoot", rnr.map(Value::Bool));
-            insert(&mut m, "runAsUser", user.map(Value::from));
-            insert(&mut m, "runAsGroup", group.map(Value::from));
-            insert(&mut m, "allowPrivilegeEscalation", ape.map(Value::Bool));
-            insert(&mut m, "privileged", privileged.map(Value::Bool));
-            insert(&mut m, "readOnlyRootFilesystem", rorf.map(Value::Bool));
-            insert(&mut m, "capabilities", caps);
-            insert(&mut m, "seccompProfile", seccomp);
-            insert(&mut m, "procMount", proc_mount.map(Value::from));
-            insert(&mut m, UNKNOWN, extra);
-            Value::Object(m)
-        })
+        .prop_map(
+            |(rnr, user, ape, privileged, rorf, caps, seccomp, proc_mount, extra, group)| {
+                let mut m = Map::new();
+                insert(&mut m, "runAsNonRoot", rnr.map(Value::Bool));
+                insert(&mut m, "runAsUser", user.map(Value::from));
+                insert(&mut m, "runAsGroup", group.map(Value::from));
+                insert(&mut m, "allowPrivilegeEscalation", ape.map(Value::Bool));
+                insert(&mut m, "privileged", privileged.map(Value::Bool));
+                insert(&mut m, "readOnlyRootFilesystem", rorf.map(Value::Bool));
+                insert(&mut m, "capabilities", caps);
+                insert(&mut m, "seccompProfile", seccomp);
+                insert(&mut m, "procMount", proc_mount.map(Value::from));
+                insert(&mut m, UNKNOWN, extra);
+                Value::Object(m)
+            },
+        )
 }
 
 fn pod_sc() -> impl Strategy<Value = Value> {
@@ -247,7 +260,10 @@ fn leaves(value: &Value, at: String, out: &mut Vec<(String, Value)>) {
         match value {
             Value::Object(m) if !m.is_empty() => {
                 for (k, v) in m {
-                    stack.push((format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), v));
+                    stack.push((
+                        format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        v,
+                    ));
                 }
             }
             Value::Array(a) if !a.is_empty() => {
@@ -282,7 +298,9 @@ fn is_clean(pod: &Value) -> bool {
         || sc["runAsNonRoot"] == false
         || sc["runAsUser"] == 0
         || sc["seccompProfile"]["type"] == "Unconfined"
-        || spec["volumes"].as_array().is_some_and(|v| v.iter().any(|v| v.get("hostPath").is_some()));
+        || spec["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v.get("hostPath").is_some()));
     let bad_container = all_containers(pod).into_iter().any(|c| {
         let sc = &c["securityContext"];
         sc["privileged"] == true
@@ -303,10 +321,22 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
     let spec = &pod["spec"];
     let sc = &spec["securityContext"];
     let mut v = Vec::new();
-    let allowed_volumes = ["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-        "persistentVolumeClaim", "projected", "secret"];
+    let allowed_volumes = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
     for vol in spec["volumes"].as_array().into_iter().flatten() {
-        let ok = vol.as_object().is_some_and(|m| m.keys().filter(|k| *k != "name").all(|k| allowed_volumes.contains(&k.as_str())));
+        let ok = vol.as_object().is_some_and(|m| {
+            m.keys()
+                .filter(|k| *k != "name")
+                .all(|k| allowed_volumes.contains(&k.as_str()))
+        });
         if !ok {
             v.push(format!("volume type: {vol}"));
         }
@@ -315,7 +345,10 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
         v.push("pod runAsUser 0".into());
     }
     let pod_rnr = sc["runAsNonRoot"] == true;
-    let pod_seccomp = matches!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault" | "Localhost"));
+    let pod_seccomp = matches!(
+        sc["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault" | "Localhost")
+    );
     if sc["seccompProfile"]["type"] == "Unconfined" {
         v.push("pod seccomp Unconfined".into());
     }
@@ -342,10 +375,16 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
             other => v.push(format!("{name}: seccomp {other:?}")),
         }
         let caps = &csc["capabilities"];
-        if !caps["drop"].as_array().is_some_and(|d| d.iter().any(|x| x == "ALL")) {
+        if !caps["drop"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x == "ALL"))
+        {
             v.push(format!("{name}: drop ALL"));
         }
-        if caps["add"].as_array().is_some_and(|a| a.iter().any(|x| x != "NET_BIND_SERVICE")) {
+        if caps["add"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x != "NET_BIND_SERVICE"))
+        {
             v.push(format!("{name}: added capabilities"));
         }
     }
@@ -445,18 +484,41 @@ fn the_restricted_checker_catches_each_rule() {
     let breaks: [(&str, Value); 8] = [
         ("/spec/securityContext/runAsNonRoot", json!(false)),
         ("/spec/securityContext/runAsUser", json!(0)),
-        ("/spec/securityContext/seccompProfile/type", json!("Unconfined")),
-        ("/spec/containers/0/securityContext/allowPrivilegeEscalation", json!(true)),
+        (
+            "/spec/securityContext/seccompProfile/type",
+            json!("Unconfined"),
+        ),
+        (
+            "/spec/containers/0/securityContext/allowPrivilegeEscalation",
+            json!(true),
+        ),
         ("/spec/containers/0/securityContext/privileged", json!(true)),
-        ("/spec/containers/0/securityContext/capabilities/drop", json!(["all"])),
-        ("/spec/containers/0/securityContext/capabilities/add", json!(["NET_ADMIN"])),
-        ("/spec/volumes/0", json!({"name": "v", "hostPath": {"path": "/"}})),
+        (
+            "/spec/containers/0/securityContext/capabilities/drop",
+            json!(["all"]),
+        ),
+        (
+            "/spec/containers/0/securityContext/capabilities/add",
+            json!(["NET_ADMIN"]),
+        ),
+        (
+            "/spec/volumes/0",
+            json!({"name": "v", "hostPath": {"path": "/"}}),
+        ),
     ];
     for (pointer, value) in breaks {
         let mut pod = good.clone();
         let (parent, key) = pointer.rsplit_once('/').unwrap();
-        pod.pointer_mut(parent).unwrap().as_object_mut().map(|m| m.insert(key.into(), value.clone()))
-            .or_else(|| pod.pointer_mut(parent).unwrap().as_array_mut().map(|a| { a[0] = value.clone(); None }));
+        pod.pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .map(|m| m.insert(key.into(), value.clone()))
+            .or_else(|| {
+                pod.pointer_mut(parent).unwrap().as_array_mut().map(|a| {
+                    a[0] = value.clone();
+                    None
+                })
+            });
         assert!(!restricted_violations(&pod).is_empty(), "{pointer}");
     }
 }

@@ -11,7 +11,11 @@ use crate::Setting;
 use crate::patch::Tok;
 use crate::view::ContainerView;
 
-pub(super) fn container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+pub(super) fn container<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     if !rules.enabled(Setting::Capabilities) {
         return;
     }
@@ -45,18 +49,44 @@ mod tests {
             (json!({}), json!({"drop": ["ALL"]}), 1),
             (json!({"capabilities": null}), json!({"drop": ["ALL"]}), 1),
             (json!({"capabilities": {}}), json!({"drop": ["ALL"]}), 1),
-            (json!({"capabilities": {"drop": []}}), json!({"drop": ["ALL"]}), 1),
-            (json!({"capabilities": {"drop": ["all"]}}), json!({"drop": ["all", "ALL"]}), 1),
-            (json!({"capabilities": {"drop": ["NET_RAW", "All"]}}), json!({"drop": ["NET_RAW", "All", "ALL"]}), 1),
-            (json!({"capabilities": {"drop": ["ALL"]}}), json!({"drop": ["ALL"]}), 0),
-            (json!({"capabilities": {"drop": ["NET_RAW", "ALL"]}}), json!({"drop": ["NET_RAW", "ALL"]}), 0),
-            (json!({"capabilities": {"add": ["NET_BIND_SERVICE"]}}),
-             json!({"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}), 1),
+            (
+                json!({"capabilities": {"drop": []}}),
+                json!({"drop": ["ALL"]}),
+                1,
+            ),
+            (
+                json!({"capabilities": {"drop": ["all"]}}),
+                json!({"drop": ["all", "ALL"]}),
+                1,
+            ),
+            (
+                json!({"capabilities": {"drop": ["NET_RAW", "All"]}}),
+                json!({"drop": ["NET_RAW", "All", "ALL"]}),
+                1,
+            ),
+            (
+                json!({"capabilities": {"drop": ["ALL"]}}),
+                json!({"drop": ["ALL"]}),
+                0,
+            ),
+            (
+                json!({"capabilities": {"drop": ["NET_RAW", "ALL"]}}),
+                json!({"drop": ["NET_RAW", "ALL"]}),
+                0,
+            ),
+            (
+                json!({"capabilities": {"add": ["NET_BIND_SERVICE"]}}),
+                json!({"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}),
+                1,
+            ),
         ];
         for (sc, expected, ops) in cases {
             let spec = json!({"containers": [{"name": "c", "securityContext": sc}]});
             let run = run_with(spec, &policy, SettingSet::default(), None);
-            assert_eq!(run.output["containers"][0]["securityContext"]["capabilities"], expected, "{sc}");
+            assert_eq!(
+                run.output["containers"][0]["securityContext"]["capabilities"], expected,
+                "{sc}"
+            );
             assert_eq!(run.ops, ops, "{sc}");
             assert_eq!(run.applied.is_empty(), ops == 0, "{sc}");
         }

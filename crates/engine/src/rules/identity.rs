@@ -10,8 +10,8 @@ use crate::Setting;
 /// not the pod chose one (a per-container choice means the images differ).
 pub(super) fn uid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
     let pod = rules.pod;
-    let unset = pod.sc.run_as_user.is_none()
-        && pod.containers.iter().all(|c| c.sc.run_as_user.is_none());
+    let unset =
+        pod.sc.run_as_user.is_none() && pod.containers.iter().all(|c| c.sc.run_as_user.is_none());
     rules
         .policy
         .run_as_user
@@ -20,15 +20,20 @@ pub(super) fn uid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
 
 pub(super) fn gid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
     let pod = rules.pod;
-    let unset = pod.sc.run_as_group.is_none()
-        && pod.containers.iter().all(|c| c.sc.run_as_group.is_none());
+    let unset =
+        pod.sc.run_as_group.is_none() && pod.containers.iter().all(|c| c.sc.run_as_group.is_none());
     rules
         .policy
         .run_as_group
         .filter(|_| unset && rules.enabled(Setting::RunAsGroup))
 }
 
-pub(super) fn inject_ids<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, uid: Option<i64>, gid: Option<i64>) {
+pub(super) fn inject_ids<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    uid: Option<i64>,
+    gid: Option<i64>,
+) {
     let sc = rules.pod_sc();
     if let Some(uid) = uid {
         edits.inject(Setting::RunAsUser, &sc, "runAsUser", Value::from(uid));
@@ -41,11 +46,12 @@ pub(super) fn inject_ids<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, uid: 
 pub(super) fn fs_group<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
     let sc = rules.pod_sc();
     let mut has_fs_group = rules.pod.sc.fs_group.is_some();
-    if !has_fs_group && rules.enabled(Setting::FsGroup) {
-        if let Some(gid) = rules.policy.fs_group {
-            edits.inject(Setting::FsGroup, &sc, "fsGroup", Value::from(gid));
-            has_fs_group = true;
-        }
+    if let Some(gid) = rules.policy.fs_group
+        && !has_fs_group
+        && rules.enabled(Setting::FsGroup)
+    {
+        edits.inject(Setting::FsGroup, &sc, "fsGroup", Value::from(gid));
+        has_fs_group = true;
     }
     // Without a policy the kubelet chowns every file of every volume on each
     // mount; OnRootMismatch does it only when the volume root is not right.
@@ -80,19 +86,34 @@ mod tests {
     #[test]
     fn configured_ids_fill_in_what_is_unset_everywhere() {
         let cases = [
-            (json!({"containers": [{"name": "a"}]}),
-             json!({"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
-            (json!({"securityContext": {"runAsUser": 7}, "containers": [{"name": "a"}]}),
-             json!({"runAsUser": 7, "runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
-            (json!({"containers": [{"name": "a", "securityContext": {"runAsUser": 7}}]}),
-             json!({"runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
-            (json!({"initContainers": [{"name": "i", "securityContext": {"runAsGroup": 7}}], "containers": [{"name": "a"}]}),
-             json!({"runAsUser": 1000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})),
-            (json!({"securityContext": {"fsGroup": 5}, "containers": []}),
-             json!({"fsGroup": 5, "runAsUser": 1000, "runAsGroup": 3000, "fsGroupChangePolicy": "OnRootMismatch"})),
-            (json!({"securityContext": {"fsGroup": 5, "fsGroupChangePolicy": "Always"}, "containers": []}),
-             json!({"fsGroup": 5, "fsGroupChangePolicy": "Always", "runAsUser": 1000, "runAsGroup": 3000})),
-            (json!({"os": {"name": "windows"}, "containers": []}), Value::Null),
+            (
+                json!({"containers": [{"name": "a"}]}),
+                json!({"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"}),
+            ),
+            (
+                json!({"securityContext": {"runAsUser": 7}, "containers": [{"name": "a"}]}),
+                json!({"runAsUser": 7, "runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"}),
+            ),
+            (
+                json!({"containers": [{"name": "a", "securityContext": {"runAsUser": 7}}]}),
+                json!({"runAsGroup": 3000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"}),
+            ),
+            (
+                json!({"initContainers": [{"name": "i", "securityContext": {"runAsGroup": 7}}], "containers": [{"name": "a"}]}),
+                json!({"runAsUser": 1000, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"}),
+            ),
+            (
+                json!({"securityContext": {"fsGroup": 5}, "containers": []}),
+                json!({"fsGroup": 5, "runAsUser": 1000, "runAsGroup": 3000, "fsGroupChangePolicy": "OnRootMismatch"}),
+            ),
+            (
+                json!({"securityContext": {"fsGroup": 5, "fsGroupChangePolicy": "Always"}, "containers": []}),
+                json!({"fsGroup": 5, "fsGroupChangePolicy": "Always", "runAsUser": 1000, "runAsGroup": 3000}),
+            ),
+            (
+                json!({"os": {"name": "windows"}, "containers": []}),
+                Value::Null,
+            ),
         ];
         for (spec, expected) in cases {
             let run = run_with(spec.clone(), &ids_policy(), SettingSet::default(), None);
@@ -103,16 +124,34 @@ mod tests {
     #[test]
     fn change_policy_follows_a_user_fs_group_without_configured_ids() {
         let policy = only(Setting::FsGroupChangePolicy);
-        let run = run_with(json!({"securityContext": {"fsGroup": 5}}), &policy, SettingSet::default(), None);
-        assert_eq!(run.output["securityContext"]["fsGroupChangePolicy"], json!("OnRootMismatch"));
+        let run = run_with(
+            json!({"securityContext": {"fsGroup": 5}}),
+            &policy,
+            SettingSet::default(),
+            None,
+        );
+        assert_eq!(
+            run.output["securityContext"]["fsGroupChangePolicy"],
+            json!("OnRootMismatch")
+        );
         assert_eq!(run.applied, vec![Setting::FsGroupChangePolicy]);
 
-        let run = run_with(json!({"containers": []}), &policy, SettingSet::default(), None);
+        let run = run_with(
+            json!({"containers": []}),
+            &policy,
+            SettingSet::default(),
+            None,
+        );
         assert_eq!(run.ops, 0, "no fsGroup, no policy");
 
         let mut skipped = SettingSet::default();
         skipped.insert(Setting::FsGroupChangePolicy);
-        let run = run_with(json!({"securityContext": {"fsGroup": 5}}), &policy, skipped, None);
+        let run = run_with(
+            json!({"securityContext": {"fsGroup": 5}}),
+            &policy,
+            skipped,
+            None,
+        );
         assert_eq!(run.ops, 0);
     }
 }

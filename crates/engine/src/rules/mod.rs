@@ -112,7 +112,13 @@ impl<'v> Edits<'v> {
     }
 
     /// Sets `key` in the object at `parent` and records `setting` as applied.
-    pub(crate) fn inject(&mut self, setting: Setting, parent: &[Tok], key: &'static str, value: Value) {
+    pub(crate) fn inject(
+        &mut self,
+        setting: Setting,
+        parent: &[Tok],
+        key: &'static str,
+        value: Value,
+    ) {
         self.patch.set(parent, key, value);
         self.applied.insert(setting);
     }
@@ -162,7 +168,11 @@ pub(crate) fn harden_new_ephemeral<'v>(
 }
 
 /// Settings that are the same for every container, new or not.
-fn container_level<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+fn container_level<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     warnings::container(container, edits);
     privilege_escalation::container(rules, edits, container);
     capabilities::container(rules, edits, container);
@@ -184,7 +194,12 @@ pub(crate) mod test_support {
         pub ops: usize,
     }
 
-    pub(crate) fn run_with(spec: Value, policy: &Policy, skipped: SettingSet, ephemeral_new: Option<&[&str]>) -> Run {
+    pub(crate) fn run_with(
+        spec: Value,
+        policy: &Policy,
+        skipped: SettingSet,
+        ephemeral_new: Option<&[&str]>,
+    ) -> Run {
         let root = json!({ "spec": spec });
         let pod = PodView::parse(root["spec"].as_object().unwrap(), "spec").unwrap();
         let rules = Rules {
@@ -247,10 +262,12 @@ mod tests {
 
     #[test]
     fn windows_pods_get_run_as_non_root_only() {
-        let mut policy = Policy::default();
-        policy.run_as_user = Some(1000);
-        policy.run_as_group = Some(1000);
-        policy.fs_group = Some(2000);
+        let policy = Policy {
+            run_as_user: Some(1000),
+            run_as_group: Some(1000),
+            fs_group: Some(2000),
+            ..Policy::default()
+        };
         let spec = json!({"os": {"name": "windows"}, "containers": [{"name": "w"}]});
         let run = run_with(spec, &policy, SettingSet::default(), None);
         assert_eq!(
@@ -292,22 +309,35 @@ mod tests {
         for setting in Setting::ALL {
             let mut skipped = SettingSet::default();
             skipped.insert(setting);
-            let mut policy = Policy::default();
-            policy.run_as_user = Some(1000);
-            policy.run_as_group = Some(1000);
-            policy.fs_group = Some(2000);
-            let run = run_with(json!({"containers": [{"name": "a"}]}), &policy, skipped, None);
+            let policy = Policy {
+                run_as_user: Some(1000),
+                run_as_group: Some(1000),
+                fs_group: Some(2000),
+                ..Policy::default()
+            };
+            let run = run_with(
+                json!({"containers": [{"name": "a"}]}),
+                &policy,
+                skipped,
+                None,
+            );
             assert!(!run.applied.contains(&setting), "{setting}");
             // Without an fsGroup there is no fsGroupChangePolicy either.
             let also_gone = usize::from(setting == Setting::FsGroup);
-            assert_eq!(run.applied.len(), Setting::ALL.len() - 1 - also_gone, "{setting}");
+            assert_eq!(
+                run.applied.len(),
+                Setting::ALL.len() - 1 - also_gone,
+                "{setting}"
+            );
         }
     }
 
     #[test]
     fn second_pass_is_empty() {
-        let mut policy = Policy::default();
-        policy.fs_group = Some(1);
+        let policy = Policy {
+            fs_group: Some(1),
+            ..Policy::default()
+        };
         let first = run_with(
             json!({"containers": [{"name": "a"}, {"name": "b", "securityContext": {"runAsUser": 0}}],
                    "initContainers": [{"name": "i", "restartPolicy": "Always"}]}),

@@ -18,14 +18,27 @@ pub(crate) fn adds_sys_admin(added: &[&str]) -> bool {
     })
 }
 
-pub(super) fn container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+pub(super) fn container<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     if !rules.enabled(Setting::AllowPrivilegeEscalation) {
         return;
     }
-    let field = || format!("{}.securityContext.allowPrivilegeEscalation", container.field());
+    let field = || {
+        format!(
+            "{}.securityContext.allowPrivilegeEscalation",
+            container.field()
+        )
+    };
     match container.sc.allow_privilege_escalation {
         Some(false) => {}
-        Some(true) => edits.warn(WarningKind::ExplicitInsecure, field(), "is true; left as set"),
+        Some(true) => edits.warn(
+            WarningKind::ExplicitInsecure,
+            field(),
+            "is true; left as set",
+        ),
         None if container.sc.privileged == Some(true) => edits.warn(
             WarningKind::NotInjected,
             field(),
@@ -59,24 +72,49 @@ mod tests {
         let cases = [
             (json!(null), json!(false), vec![]),
             (json!({}), json!(false), vec![]),
-            (json!({"allowPrivilegeEscalation": false}), json!(false), vec![]),
-            (json!({"allowPrivilegeEscalation": true}), json!(true), vec![WarningKind::ExplicitInsecure]),
-            (json!({"privileged": true}), Value::Null, vec![WarningKind::Privileged, WarningKind::NotInjected]),
+            (
+                json!({"allowPrivilegeEscalation": false}),
+                json!(false),
+                vec![],
+            ),
+            (
+                json!({"allowPrivilegeEscalation": true}),
+                json!(true),
+                vec![WarningKind::ExplicitInsecure],
+            ),
+            (
+                json!({"privileged": true}),
+                Value::Null,
+                vec![WarningKind::Privileged, WarningKind::NotInjected],
+            ),
             (json!({"privileged": false}), json!(false), vec![]),
-            (json!({"capabilities": {"add": ["SYS_ADMIN"]}}), Value::Null,
-             vec![WarningKind::AddedCapabilities, WarningKind::NotInjected]),
-            (json!({"capabilities": {"add": ["CAP_SYS_ADMIN"]}}), Value::Null,
-             vec![WarningKind::AddedCapabilities, WarningKind::NotInjected]),
-            (json!({"capabilities": {"add": ["NET_BIND_SERVICE"]}}), json!(false), vec![]),
-            (json!({"capabilities": {"add": ["NET_ADMIN"]}}), json!(false), vec![WarningKind::AddedCapabilities]),
+            (
+                json!({"capabilities": {"add": ["SYS_ADMIN"]}}),
+                Value::Null,
+                vec![WarningKind::AddedCapabilities, WarningKind::NotInjected],
+            ),
+            (
+                json!({"capabilities": {"add": ["CAP_SYS_ADMIN"]}}),
+                Value::Null,
+                vec![WarningKind::AddedCapabilities, WarningKind::NotInjected],
+            ),
+            (
+                json!({"capabilities": {"add": ["NET_BIND_SERVICE"]}}),
+                json!(false),
+                vec![],
+            ),
+            (
+                json!({"capabilities": {"add": ["NET_ADMIN"]}}),
+                json!(false),
+                vec![WarningKind::AddedCapabilities],
+            ),
         ];
         for (sc, expected, warnings) in cases {
             for list in ["containers", "initContainers", "ephemeralContainers"] {
                 let spec = json!({ list: [{"name": "c", "securityContext": sc}] });
                 let run = run_with(spec, &policy, SettingSet::default(), None);
                 assert_eq!(
-                    run.output[list][0]["securityContext"]["allowPrivilegeEscalation"],
-                    expected,
+                    run.output[list][0]["securityContext"]["allowPrivilegeEscalation"], expected,
                     "{list} {sc}"
                 );
                 assert_eq!(kinds(&run), warnings, "{list} {sc}");

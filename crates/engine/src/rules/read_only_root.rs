@@ -12,7 +12,10 @@ use crate::view::ContainerView;
 use crate::{Setting, WarningKind};
 
 fn field(container: &ContainerView<'_>) -> String {
-    format!("{}.securityContext.readOnlyRootFilesystem", container.field())
+    format!(
+        "{}.securityContext.readOnlyRootFilesystem",
+        container.field()
+    )
 }
 
 /// Returns `true` when the rule should inject (unset and enabled).
@@ -24,7 +27,11 @@ fn wants(rules: &Rules<'_, '_>, edits: &mut Edits<'_>, container: &ContainerView
         None => true,
         Some(true) => false,
         Some(false) => {
-            edits.warn(WarningKind::ExplicitInsecure, field(container), "is false; left as set");
+            edits.warn(
+                WarningKind::ExplicitInsecure,
+                field(container),
+                "is false; left as set",
+            );
             false
         }
     }
@@ -46,7 +53,11 @@ fn named(name: &str, key: &str, value: Value) -> Value {
     Value::Object(object)
 }
 
-pub(super) fn container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+pub(super) fn container<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     if !wants(rules, edits, container) {
         return;
     }
@@ -59,14 +70,23 @@ pub(super) fn container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, contai
             continue;
         }
         let name = edits.namer(rules.pod).name(&key, path);
-        edits.patch.push(&volumes, named(&name, "emptyDir", Value::Object(Map::new())));
-        edits.patch.push(&mounts, named(&name, "mountPath", Value::from(*path)));
+        edits.patch.push(
+            &volumes,
+            named(&name, "emptyDir", Value::Object(Map::new())),
+        );
+        edits
+            .patch
+            .push(&mounts, named(&name, "mountPath", Value::from(*path)));
     }
 }
 
 /// A new ephemeral container cannot get volumes (the pod spec is immutable),
 /// so it only goes read-only when it already mounts every writable path.
-pub(super) fn new_container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+pub(super) fn new_container<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     if !wants(rules, edits, container) {
         return;
     }
@@ -103,10 +123,18 @@ mod tests {
             "initContainers": [{"name": "init"}],
             "volumes": [{"name": "c", "emptyDir": {}}]
         });
-        let run = run_with(spec, &policy(&["/tmp", "/var/cache"]), SettingSet::default(), None);
+        let run = run_with(
+            spec,
+            &policy(&["/tmp", "/var/cache"]),
+            SettingSet::default(),
+            None,
+        );
         let out = &run.output;
         for (list, i) in [("containers", 0), ("containers", 1), ("initContainers", 0)] {
-            assert_eq!(out[list][i]["securityContext"]["readOnlyRootFilesystem"], json!(true));
+            assert_eq!(
+                out[list][i]["securityContext"]["readOnlyRootFilesystem"],
+                json!(true)
+            );
         }
         assert_eq!(
             out["volumes"],
@@ -131,8 +159,18 @@ mod tests {
     #[test]
     fn explicit_values_and_empty_paths() {
         let cases = [
-            (json!({"readOnlyRootFilesystem": true}), vec!["/tmp"], 0, vec![]),
-            (json!({"readOnlyRootFilesystem": false}), vec!["/tmp"], 0, vec![WarningKind::ExplicitInsecure]),
+            (
+                json!({"readOnlyRootFilesystem": true}),
+                vec!["/tmp"],
+                0,
+                vec![],
+            ),
+            (
+                json!({"readOnlyRootFilesystem": false}),
+                vec!["/tmp"],
+                0,
+                vec![WarningKind::ExplicitInsecure],
+            ),
             (json!({}), vec![], 1, vec![]),
         ];
         for (sc, paths, ops, warnings) in cases {
@@ -151,17 +189,38 @@ mod tests {
             "volumes": [{"name": "kh-app-tmp", "configMap": {"name": "x"}}, {"name": "data", "emptyDir": {}}]
         });
         let run = run_with(spec, &policy(&["/tmp"]), SettingSet::default(), None);
-        let added = run.output["volumes"][2]["name"].as_str().unwrap().to_owned();
-        assert!(added.starts_with("kh-app-tmp-") && added.len() == "kh-app-tmp-".len() + 8, "{added}");
-        assert_eq!(run.output["containers"][0]["volumeMounts"][1], json!({"name": added, "mountPath": "/tmp"}));
+        let added = run.output["volumes"][2]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            added.starts_with("kh-app-tmp-") && added.len() == "kh-app-tmp-".len() + 8,
+            "{added}"
+        );
+        assert_eq!(
+            run.output["containers"][0]["volumeMounts"][1],
+            json!({"name": added, "mountPath": "/tmp"})
+        );
     }
 
     #[test]
     fn unnamed_containers_get_distinct_volumes() {
         let spec = json!({"containers": [{}, {}], "initContainers": [{}]});
         let run = run_with(spec, &policy(&["/tmp"]), SettingSet::default(), None);
-        let names: Vec<_> = run.output["volumes"].as_array().unwrap().iter().map(|v| v["name"].clone()).collect();
-        assert_eq!(names, vec![json!("kh-containers-0-tmp"), json!("kh-containers-1-tmp"), json!("kh-initcontainers-0-tmp")]);
+        let names: Vec<_> = run.output["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].clone())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                json!("kh-containers-0-tmp"),
+                json!("kh-containers-1-tmp"),
+                json!("kh-initcontainers-0-tmp")
+            ]
+        );
     }
 
     #[test]
@@ -173,12 +232,23 @@ mod tests {
                 {"name": "without"}
             ]
         });
-        let run = run_with(spec, &policy(&["/tmp"]), SettingSet::default(), Some(&["with", "without"]));
+        let run = run_with(
+            spec,
+            &policy(&["/tmp"]),
+            SettingSet::default(),
+            Some(&["with", "without"]),
+        );
         let eph = &run.output["ephemeralContainers"];
-        assert_eq!(eph[0]["securityContext"]["readOnlyRootFilesystem"], json!(true));
+        assert_eq!(
+            eph[0]["securityContext"]["readOnlyRootFilesystem"],
+            json!(true)
+        );
         assert_eq!(eph[1].get("securityContext"), None);
         assert_eq!(run.output["volumes"].as_array().unwrap().len(), 1);
         assert_eq!(kinds(&run), vec![WarningKind::NotInjected]);
-        assert_eq!(run.warnings[0].1, "spec.ephemeralContainers{without}.securityContext.readOnlyRootFilesystem");
+        assert_eq!(
+            run.warnings[0].1,
+            "spec.ephemeralContainers{without}.securityContext.readOnlyRootFilesystem"
+        );
     }
 }

@@ -69,14 +69,22 @@ pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid
     let pod_uid = rules.pod.sc.run_as_user.or(injected_uid);
     if !pod_level_open(rules, edits) {
         if rules.pod.sc.run_as_non_root == Some(true) {
-            for c in containers.iter().filter(|c| c.sc.run_as_non_root == Some(false)) {
+            for c in containers
+                .iter()
+                .filter(|c| c.sc.run_as_non_root == Some(false))
+            {
                 warn_conflict(edits, c, Conflict::ExplicitFalse);
             }
         }
         return;
     }
     if containers.iter().all(|c| conflict(c, pod_uid).is_none()) {
-        edits.inject(Setting::RunAsNonRoot, &rules.pod_sc(), "runAsNonRoot", Value::Bool(true));
+        edits.inject(
+            Setting::RunAsNonRoot,
+            &rules.pod_sc(),
+            "runAsNonRoot",
+            Value::Bool(true),
+        );
         return;
     }
     for container in containers {
@@ -103,7 +111,11 @@ fn per_container<'v>(
 }
 
 /// A new ephemeral container: the pod-level value (if any) already covers it.
-pub(super) fn new_container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+pub(super) fn new_container<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     if !rules.enabled(Setting::RunAsNonRoot) {
         return;
     }
@@ -140,8 +152,17 @@ mod tests {
                    "ephemeralContainers": [{"name": "e"}]}),
         ];
         for spec in cases {
-            let run = run_with(spec.clone(), &only(Setting::RunAsNonRoot), SettingSet::default(), None);
-            assert_eq!(run.output["securityContext"]["runAsNonRoot"], json!(true), "{spec}");
+            let run = run_with(
+                spec.clone(),
+                &only(Setting::RunAsNonRoot),
+                SettingSet::default(),
+                None,
+            );
+            assert_eq!(
+                run.output["securityContext"]["runAsNonRoot"],
+                json!(true),
+                "{spec}"
+            );
             assert_eq!(run.applied, vec![Setting::RunAsNonRoot]);
             assert!(run.warnings.is_empty(), "{spec}");
             assert_eq!(run.ops, 1);
@@ -154,32 +175,53 @@ mod tests {
         let cases = [
             (
                 json!({"containers": [{"name": "a"}, {"name": "root", "securityContext": {"runAsUser": 0}}]}),
-                vec![("containers", 0, json!(true)), ("containers", 1, Value::Null)],
+                vec![
+                    ("containers", 0, json!(true)),
+                    ("containers", 1, Value::Null),
+                ],
                 vec![WarningKind::NotInjected],
             ),
             (
                 json!({"securityContext": {"runAsUser": 0},
                        "containers": [{"name": "a"}, {"name": "b", "securityContext": {"runAsUser": 1000}}]}),
-                vec![("containers", 0, Value::Null), ("containers", 1, json!(true))],
+                vec![
+                    ("containers", 0, Value::Null),
+                    ("containers", 1, json!(true)),
+                ],
                 vec![WarningKind::NotInjected],
             ),
             (
                 json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": false}}],
                        "initContainers": [{"name": "i"}], "ephemeralContainers": [{"name": "e"}]}),
-                vec![("containers", 0, json!(false)), ("initContainers", 0, json!(true)),
-                     ("ephemeralContainers", 0, json!(true))],
+                vec![
+                    ("containers", 0, json!(false)),
+                    ("initContainers", 0, json!(true)),
+                    ("ephemeralContainers", 0, json!(true)),
+                ],
                 vec![WarningKind::ExplicitInsecure],
             ),
             (
                 json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": true}},
                                       {"name": "e", "securityContext": {"runAsUser": 0}}]}),
-                vec![("containers", 0, json!(true)), ("containers", 1, Value::Null)],
+                vec![
+                    ("containers", 0, json!(true)),
+                    ("containers", 1, Value::Null),
+                ],
                 vec![WarningKind::NotInjected],
             ),
         ];
         for (spec, expected, warnings) in cases {
-            let run = run_with(spec.clone(), &only(Setting::RunAsNonRoot), SettingSet::default(), None);
-            assert_eq!(run.output["securityContext"].get("runAsNonRoot"), None, "{spec}");
+            let run = run_with(
+                spec.clone(),
+                &only(Setting::RunAsNonRoot),
+                SettingSet::default(),
+                None,
+            );
+            assert_eq!(
+                run.output["securityContext"].get("runAsNonRoot"),
+                None,
+                "{spec}"
+            );
             for (list, i, value) in expected {
                 assert_eq!(rnr(&run.output, list, i), value, "{spec} {list}[{i}]");
             }
@@ -201,7 +243,12 @@ mod tests {
         // does not count: both containers are clean.
         assert_eq!(run.output["securityContext"]["runAsNonRoot"], json!(true));
 
-        let run = run_with(json!({"containers": [{"name": "a"}]}), &policy, SettingSet::default(), None);
+        let run = run_with(
+            json!({"containers": [{"name": "a"}]}),
+            &policy,
+            SettingSet::default(),
+            None,
+        );
         assert_eq!(run.output["securityContext"], json!({"runAsUser": 0}));
         assert_eq!(kinds(&run), vec![WarningKind::NotInjected]);
     }
@@ -226,7 +273,10 @@ mod tests {
             None,
         );
         assert_eq!(run.ops, 0);
-        assert_eq!(run.warnings[0].1, "spec.containers{a}.securityContext.runAsNonRoot");
+        assert_eq!(
+            run.warnings[0].1,
+            "spec.containers{a}.securityContext.runAsNonRoot"
+        );
     }
 
     #[test]
@@ -242,7 +292,11 @@ mod tests {
             let spec = json!({"securityContext": pod_sc, "containers": [{"name": "a"}],
                               "ephemeralContainers": [{"name": "dbg"}]});
             let run = run_with(spec, &policy, SettingSet::default(), Some(&["dbg"]));
-            assert_eq!(rnr(&run.output, "ephemeralContainers", 0), expected, "{pod_sc}");
+            assert_eq!(
+                rnr(&run.output, "ephemeralContainers", 0),
+                expected,
+                "{pod_sc}"
+            );
             assert_eq!(run.output["containers"][0], json!({"name": "a"}));
         }
     }

@@ -15,11 +15,20 @@ fn runtime_default() -> Value {
 
 pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
     if rules.enabled(Setting::SeccompProfile) && rules.pod.sc.seccomp.is_none() {
-        edits.inject(Setting::SeccompProfile, &rules.pod_sc(), "seccompProfile", runtime_default());
+        edits.inject(
+            Setting::SeccompProfile,
+            &rules.pod_sc(),
+            "seccompProfile",
+            runtime_default(),
+        );
     }
 }
 
-pub(super) fn new_container<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+pub(super) fn new_container<'v>(
+    rules: &Rules<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     if rules.enabled(Setting::SeccompProfile)
         && rules.pod.sc.seccomp.is_none()
         && container.sc.seccomp.is_none()
@@ -44,15 +53,31 @@ mod tests {
     fn pod_level_unless_set() {
         let policy = only(Setting::SeccompProfile);
         let cases = [
-            (json!({}), json!({"seccompProfile": {"type": "RuntimeDefault"}}), vec![]),
-            (json!({"securityContext": {"fsGroup": 1}}),
-             json!({"fsGroup": 1, "seccompProfile": {"type": "RuntimeDefault"}}), vec![]),
-            (json!({"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}),
-             json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}), vec![]),
-            (json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}}),
-             json!({"seccompProfile": {"type": "Unconfined"}}), vec![WarningKind::SeccompUnconfined]),
-            (json!({"containers": [{"name": "a", "securityContext": {"seccompProfile": {"type": "Unconfined"}}}]}),
-             json!({"seccompProfile": {"type": "RuntimeDefault"}}), vec![WarningKind::SeccompUnconfined]),
+            (
+                json!({}),
+                json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+                vec![],
+            ),
+            (
+                json!({"securityContext": {"fsGroup": 1}}),
+                json!({"fsGroup": 1, "seccompProfile": {"type": "RuntimeDefault"}}),
+                vec![],
+            ),
+            (
+                json!({"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}),
+                json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}),
+                vec![],
+            ),
+            (
+                json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}}),
+                json!({"seccompProfile": {"type": "Unconfined"}}),
+                vec![WarningKind::SeccompUnconfined],
+            ),
+            (
+                json!({"containers": [{"name": "a", "securityContext": {"seccompProfile": {"type": "Unconfined"}}}]}),
+                json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+                vec![WarningKind::SeccompUnconfined],
+            ),
             (json!({"os": {"name": "windows"}}), Value::Null, vec![]),
         ];
         for (spec, expected, warnings) in cases {
@@ -67,12 +92,18 @@ mod tests {
         let policy = only(Setting::SeccompProfile);
         let cases = [
             (json!({}), json!({"type": "RuntimeDefault"})),
-            (json!({"seccompProfile": {"type": "RuntimeDefault"}}), Value::Null),
+            (
+                json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+                Value::Null,
+            ),
         ];
         for (pod_sc, expected) in cases {
             let spec = json!({"securityContext": pod_sc, "ephemeralContainers": [{"name": "old"}, {"name": "dbg"}]});
             let run = run_with(spec, &policy, SettingSet::default(), Some(&["dbg"]));
-            assert_eq!(run.output["ephemeralContainers"][1]["securityContext"]["seccompProfile"], expected);
+            assert_eq!(
+                run.output["ephemeralContainers"][1]["securityContext"]["seccompProfile"],
+                expected
+            );
             assert_eq!(run.output["ephemeralContainers"][0], json!({"name": "old"}));
             assert_eq!(run.output["securityContext"], pod_sc);
         }
