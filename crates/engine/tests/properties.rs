@@ -8,7 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use kube_hardener_engine::{Context, Disposition, Policy, Setting, harden};
+use kube_hardener_engine::{
+    Context, Disposition, Policy, Setting, harden, harden_new_ephemeral_containers,
+};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -470,6 +472,129 @@ proptest! {
         let (output, _) = apply(&input, &Policy::default());
         let violations = restricted_violations(&output);
         prop_assert!(violations.is_empty(), "{violations:?}\n{output:#}");
+    }
+}
+
+const WORKLOAD_KINDS: [(&str, &str); 6] = [
+    ("Deployment", "/spec/template"),
+    ("StatefulSet", "/spec/template"),
+    ("DaemonSet", "/spec/template"),
+    ("ReplicaSet", "/spec/template"),
+    ("Job", "/spec/template"),
+    ("CronJob", "/spec/jobTemplate/spec/template"),
+];
+
+/// The workload of `kind` whose pod template is `pod`.
+fn workload(kind: &str, template_at: &str, pod: &Value) -> Value {
+    let mut metadata = pod["metadata"].clone();
+    if let Some(m) = metadata.as_object_mut() {
+        m.remove("namespace");
+    }
+    let template = json!({"metadata": metadata, "spec": pod["spec"].clone()});
+    let mut object = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "w", "namespace": "apps"}});
+    let mut slot = &mut object;
+    for key in template_at.trim_start_matches('/').split('/') {
+        slot = &mut slot[key];
+    }
+    *slot = template;
+    object
+}
+
+fn ops_with_paths(
+    outcome: &kube_hardener_engine::Outcome,
+    strip: &str,
+) -> Vec<(String, String, Value)> {
+    outcome
+        .patch
+        .iter()
+        .map(|op| {
+            let v = serde_json::to_value(op).unwrap();
+            let path = v["path"].as_str().unwrap();
+            let path = path
+                .strip_prefix(strip)
+                .unwrap_or_else(|| panic!("{path} outside {strip}"));
+            (
+                v["op"].as_str().unwrap().to_owned(),
+                path.to_owned(),
+                v["value"].clone(),
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A workload's template is hardened exactly like the same pod, and
+    /// nothing outside the template is touched.
+    #[test]
+    fn workload_templates_are_hardened_like_pods(
+        input in pod(),
+        policy in policy(),
+        kind in prop::sample::select(WORKLOAD_KINDS.to_vec()),
+    ) {
+        let (kind, at) = kind;
+        let object = workload(kind, at, &input);
+        let as_pod = harden(&input, &Context::default(), &policy).unwrap();
+        let as_workload = harden(&object, &Context::default(), &policy).unwrap();
+        prop_assert_eq!(ops_with_paths(&as_workload, at), ops_with_paths(&as_pod, ""));
+        prop_assert_eq!(&as_workload.applied, &as_pod.applied);
+        let kinds = |o: &kube_hardener_engine::Outcome| o.warnings.iter().map(|w| w.kind).collect::<Vec<_>>();
+        prop_assert_eq!(kinds(&as_workload), kinds(&as_pod));
+        let (output, _) = apply(&object, &policy);
+        prop_assert_eq!(&output["metadata"], &object["metadata"]);
+    }
+
+    /// Only the newly added ephemeral container is touched; the result is a
+    /// fixed point and keeps every explicit value.
+    #[test]
+    fn new_ephemeral_containers_are_hardened_alone(
+        old in pod(),
+        policy in policy(),
+        sc in opt(container_sc()),
+        mount_tmp in any::<bool>(),
+    ) {
+        let mut new = old.clone();
+        let mut debug = json!({"name": "debug-new", "image": "busybox", "targetContainerName": "c0"});
+        if let Some(sc) = sc {
+            debug["securityContext"] = sc;
+        }
+        let volume = old["spec"]["volumes"][0]["name"].clone();
+        if mount_tmp && volume.is_string() {
+            debug["volumeMounts"] = json!([{"name": volume, "mountPath": "/tmp"}]);
+        }
+        let list = new["spec"]
+            .as_object_mut()
+            .unwrap()
+            .entry("ephemeralContainers")
+            .or_insert_with(|| json!([]));
+        let index = list.as_array().map_or(0, Vec::len);
+        list.as_array_mut().unwrap().push(debug);
+
+        let outcome = harden_new_ephemeral_containers(&new, &old, &Context::default(), &policy).unwrap();
+        let prefix = format!("/spec/ephemeralContainers/{index}");
+        for op in outcome.patch.iter() {
+            prop_assert!(op.path().as_str().starts_with(&prefix), "{}", op.path());
+        }
+        let mut output = new.clone();
+        json_patch::patch(&mut output, &outcome.patch).unwrap();
+        let again = harden_new_ephemeral_containers(&output, &old, &Context::default(), &policy).unwrap();
+        prop_assert!(again.patch.0.is_empty(), "{}", again.patch);
+
+        let mut before = Vec::new();
+        leaves(&new, String::new(), &mut before);
+        for (pointer, value) in &before {
+            if !value.is_object() && !value.is_array() {
+                prop_assert_eq!(output.pointer(pointer), Some(value), "{}", pointer);
+            }
+        }
+        let added = &output["spec"]["ephemeralContainers"][index];
+        if added["securityContext"]["allowPrivilegeEscalation"] == false && new["spec"]["ephemeralContainers"][index]["securityContext"]["allowPrivilegeEscalation"].is_null() {
+            prop_assert!(added["securityContext"]["privileged"] != true && !adds_sys_admin(added));
+        }
+        if new["spec"]["os"]["name"] == "windows" {
+            prop_assert!(outcome.applied.iter().all(|s| *s == Setting::RunAsNonRoot));
+        }
     }
 }
 
