@@ -153,12 +153,22 @@ impl ContainerView<'_> {
         }
     }
 
-    /// Whether the container mounts something at `path` (trailing slashes
-    /// do not count, as for the kubelet).
+    /// Whether the container mounts something at `path`. Paths are compared
+    /// by component, as the kubelet resolves them: `/tmp/`, `/tmp//` and
+    /// `/tmp/.` are all `/tmp`.
     pub(crate) fn mounts(&self, path: &str) -> bool {
-        let wanted = trim_path(path);
-        self.mount_paths.iter().any(|p| trim_path(p) == wanted)
+        self.mount_paths.iter().any(|p| same_path(p, path))
     }
+}
+
+fn components(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".")
+}
+
+/// Whether two absolute paths name the same directory (without following
+/// symlinks or `..`, which writable paths may not contain).
+pub(crate) fn same_path(a: &str, b: &str) -> bool {
+    a.starts_with('/') == b.starts_with('/') && components(a).eq(components(b))
 }
 
 /// `path` without trailing slashes, except that the root stays `/`.
@@ -345,7 +355,8 @@ mod tests {
         assert_eq!(c.sc.proc_mount, Some("Unmasked"));
         assert_eq!(c.sc.se_linux_type, Some("spc_t"));
         assert_eq!(c.sc.read_only_root_filesystem, Some(false));
-        assert!(c.mounts("/tmp") && c.mounts("/tmp//") && !c.mounts("/tm"));
+        assert!(c.mounts("/tmp") && c.mounts("/tmp//") && c.mounts("//tmp/./") && !c.mounts("/tm"));
+        assert!(!c.mounts("/tmp/x") && !c.mounts("tmp"));
         assert_eq!(c.mount_names, vec!["t"]);
         assert_eq!(pod.volumes.len(), 2);
         assert!(pod.volumes[0].host_path && !pod.volumes[1].host_path);

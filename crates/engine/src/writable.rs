@@ -13,8 +13,12 @@ pub(crate) fn invalid_reason(path: &str) -> Option<&'static str> {
         Some("contains `..`")
     } else if path.contains(':') {
         Some("contains `:`")
+    } else if path.chars().any(char::is_control) {
+        Some("contains control characters")
     } else if trim_path(path) == "/" {
         Some("is the root directory")
+    } else if trim_path(path).contains("//") {
+        Some("contains `//`")
     } else {
         None
     }
@@ -162,6 +166,9 @@ mod tests {
             ("/c:/temp", Some("contains `:`")),
             ("/", Some("is the root directory")),
             ("///", Some("is the root directory")),
+            ("/a//b", Some("contains `//`")),
+            ("/a/b//", None),
+            ("/tmp\n/x", Some("contains control characters")),
         ];
         for (path, reason) in cases {
             assert_eq!(invalid_reason(path), reason, "{path}");
