@@ -484,3 +484,33 @@ fn new_ephemeral_containers_only() {
         Err(wrong("oldObject.spec.ephemeralContainers", "an array"))
     );
 }
+
+#[test]
+fn null_means_unset_everywhere() {
+    let object = json!({
+        "kind": "Pod",
+        "metadata": {"name": "n", "annotations": null},
+        "spec": {
+            "securityContext": null,
+            "volumes": null,
+            "os": null,
+            "containers": [
+                {"name": "a", "securityContext": null, "volumeMounts": null},
+                {"name": "b", "securityContext": {"capabilities": null, "runAsNonRoot": null}},
+                {"name": "c", "securityContext": {"capabilities": {"drop": null, "add": null}}}
+            ]
+        }
+    });
+    let outcome = harden(&object, &Context::default(), &Policy::default()).unwrap();
+    let out = apply(&object, &outcome);
+    assert_eq!(out["spec"]["securityContext"]["runAsNonRoot"], json!(true));
+    for i in 0..3 {
+        let sc = &out["spec"]["containers"][i]["securityContext"];
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{i}");
+        assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{i}");
+    }
+    assert_eq!(out["spec"]["volumes"].as_array().map(Vec::len), Some(3));
+    assert!(out["metadata"]["annotations"][ANNOTATION_APPLIED].is_string());
+    let again = harden(&out, &Context::default(), &Policy::default()).unwrap();
+    assert!(again.is_empty(), "{}", again.patch);
+}

@@ -76,7 +76,7 @@ fn container_sc() -> impl Strategy<Value = Value> {
         opt(any::<bool>()),
         opt(prop::bool::weighted(0.2)),
         opt(any::<bool>()),
-        opt(caps()),
+        opt(prop_oneof![4 => caps(), 1 => Just(Value::Null)]),
         opt(seccomp()),
         opt(prop_oneof![Just("Default"), Just("Unmasked")]),
         opt(unknown()),
@@ -129,7 +129,8 @@ type ContainerParts = (Option<Value>, Vec<usize>, bool, bool, Option<Value>, boo
 
 fn container() -> impl Strategy<Value = ContainerParts> {
     (
-        opt(container_sc()),
+        // `null` is how some clients spell "unset".
+        opt(prop_oneof![4 => container_sc(), 1 => Just(Value::Null)]),
         prop::sample::subsequence(vec![0usize, 2, 3], 0..=2),
         prop::bool::weighted(0.9),
         any::<bool>(),
@@ -150,7 +151,7 @@ fn volume_kind() -> impl Strategy<Value = Value> {
 fn pod() -> impl Strategy<Value = Value> {
     (
         prop::bool::weighted(0.15),
-        opt(pod_sc()),
+        opt(prop_oneof![4 => pod_sc(), 1 => Just(Value::Null)]),
         prop::collection::vec(container(), 1..4),
         prop::collection::vec(container(), 0..3),
         prop::collection::vec(container(), 0..2),
@@ -412,6 +413,8 @@ proptest! {
         for (pointer, value) in &input_leaves {
             let now = output.pointer(pointer);
             match value {
+                // `null` means unset and may be filled in.
+                Value::Null => {}
                 // An empty object or array may gain members, but stays one.
                 Value::Object(_) => prop_assert!(now.is_some_and(Value::is_object), "{pointer}"),
                 Value::Array(_) => prop_assert!(now.is_some_and(Value::is_array), "{pointer}"),
@@ -584,7 +587,7 @@ proptest! {
         let mut before = Vec::new();
         leaves(&new, String::new(), &mut before);
         for (pointer, value) in &before {
-            if !value.is_object() && !value.is_array() {
+            if !value.is_object() && !value.is_array() && !value.is_null() {
                 prop_assert_eq!(output.pointer(pointer), Some(value), "{}", pointer);
             }
         }
