@@ -286,3 +286,92 @@ fn old_ephemeral_names(old_pod: &Value) -> Result<OldEphemeral<'_>, EngineError>
         count: containers.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(settings: &[Setting]) -> SettingSet {
+        let mut s = SettingSet::default();
+        for setting in settings {
+            s.insert(*setting);
+        }
+        s
+    }
+
+    #[test]
+    fn applied_value_is_canonical_order_then_unknown_names() {
+        use Setting::*;
+        let cases: [(SettingSet, &[&str], &str); 3] = [
+            (set(&[FsGroup, RunAsNonRoot]), &[], "runAsNonRoot,fsGroup"),
+            (
+                set(&[Capabilities]),
+                &["legacy", "other"],
+                "capabilities,legacy,other",
+            ),
+            (set(&[]), &["x"], "x"),
+        ];
+        for (settings, extra, expected) in cases {
+            assert_eq!(render_applied(settings, extra), expected);
+        }
+    }
+
+    #[test]
+    fn applied_annotation_updates_only_when_the_set_grows() {
+        // (existing value, injected now, expected op and value)
+        type Case<'a> = (Option<&'a str>, &'a [Setting], Option<(&'a str, &'a str)>);
+        let cases: [Case<'_>; 5] = [
+            (
+                None,
+                &[Setting::Capabilities],
+                Some(("add", "capabilities")),
+            ),
+            (Some("capabilities"), &[Setting::Capabilities], None),
+            (
+                Some(" Capabilities ,runAsNonRoot"),
+                &[Setting::RunAsNonRoot],
+                None,
+            ),
+            (
+                Some("fsGroup"),
+                &[Setting::RunAsNonRoot],
+                Some(("replace", "runAsNonRoot,fsGroup")),
+            ),
+            (
+                Some("old-tool-name"),
+                &[Setting::SeccompProfile],
+                Some(("replace", "seccompProfile,old-tool-name")),
+            ),
+        ];
+        for (existing, injected, expected) in cases {
+            let mut pod = json!({"kind": "Pod", "metadata": {"annotations": {}}, "spec": {}});
+            if let Some(value) = existing {
+                pod["metadata"]["annotations"][ANNOTATION_APPLIED] = json!(value);
+            }
+            let root = pod.as_object().unwrap();
+            let Start::Run(prepared) =
+                prepare(root, &Context::default(), &Policy::default()).unwrap()
+            else {
+                panic!("pod not prepared");
+            };
+            let mut edits = Edits::new(&pod);
+            for setting in injected {
+                edits.applied.insert(*setting);
+            }
+            annotate_applied(&prepared, &mut edits);
+            let ops = serde_json::to_value(edits.patch.finish()).unwrap();
+            match expected {
+                None => assert_eq!(ops, json!([]), "{existing:?}"),
+                Some((op, value)) => {
+                    assert_eq!(ops[0]["op"], json!(op), "{existing:?}");
+                    assert_eq!(
+                        ops[0]["path"],
+                        json!("/metadata/annotations/kube-hardener.io~1applied")
+                    );
+                    assert_eq!(ops[0]["value"], json!(value), "{existing:?}");
+                }
+            }
+        }
+    }
+}
