@@ -42,6 +42,10 @@ pub(crate) struct SecurityContext<'v> {
     /// `Some` when `seccompProfile` is set; the inner value is its `type`.
     pub seccomp: Option<Option<&'v str>>,
     pub se_linux_type: Option<&'v str>,
+    /// `windowsOptions.runAsUserName`.
+    pub run_as_user_name: Option<&'v str>,
+    /// `windowsOptions.hostProcess`.
+    pub host_process: Option<bool>,
     // Container level only.
     pub privileged: Option<bool>,
     pub allow_privilege_escalation: Option<bool>,
@@ -78,6 +82,11 @@ impl<'v> SecurityContext<'v> {
             out.se_linux_type =
                 shape::string(selinux, &shape::join(&at, "seLinuxOptions"), "type")?;
         }
+        if let Some(windows) = shape::object(sc, &at, "windowsOptions")? {
+            let windows_at = shape::join(&at, "windowsOptions");
+            out.run_as_user_name = shape::string(windows, &windows_at, "runAsUserName")?;
+            out.host_process = shape::boolean(windows, &windows_at, "hostProcess")?;
+        }
         if pod_level {
             out.fs_group = shape::integer(sc, &at, "fsGroup")?;
             out.fs_group_change_policy = shape::string(sc, &at, "fsGroupChangePolicy")?;
@@ -111,6 +120,9 @@ pub(crate) struct ContainerView<'v> {
     pub sc: SecurityContext<'v>,
     pub mount_paths: Vec<&'v str>,
     pub mount_names: Vec<&'v str>,
+    /// `volumeDevices[*].devicePath`: the API server rejects a mount at the
+    /// same path.
+    pub device_paths: Vec<&'v str>,
 }
 
 impl ContainerView<'_> {
@@ -153,11 +165,14 @@ impl ContainerView<'_> {
         }
     }
 
-    /// Whether the container mounts something at `path`. Paths are compared
-    /// by component, as the kubelet resolves them: `/tmp/`, `/tmp//` and
-    /// `/tmp/.` are all `/tmp`.
+    /// Whether the container mounts something (a volume or a block device)
+    /// at `path`. Paths are compared by component, as the kubelet resolves
+    /// them: `/tmp/`, `/tmp//` and `/tmp/.` are all `/tmp`.
     pub(crate) fn mounts(&self, path: &str) -> bool {
-        self.mount_paths.iter().any(|p| same_path(p, path))
+        self.mount_paths
+            .iter()
+            .chain(&self.device_paths)
+            .any(|p| same_path(p, path))
     }
 }
 
@@ -203,10 +218,11 @@ pub(crate) struct PodView<'v> {
 
 impl<'v> PodView<'v> {
     pub(crate) fn parse(spec: &'v Object, field: &'static str) -> Result<Self, EngineError> {
-        let windows = match shape::object(spec, field, "os")? {
+        let os_windows = match shape::object(spec, field, "os")? {
             Some(os) => shape::string(os, &shape::join(field, "os"), "name")? == Some("windows"),
             None => false,
         };
+        let sc = SecurityContext::parse(spec, field, true)?;
         let mut containers = Vec::new();
         for list in ListKind::ALL {
             let items = shape::objects(spec, field, list.key())?;
@@ -226,10 +242,14 @@ impl<'v> PodView<'v> {
                 host_path: shape::present(volume, "hostPath").is_some(),
             });
         }
+        // HostProcess containers exist only on Windows nodes, so such a pod is
+        // a Windows pod even when it does not declare `os.name`.
+        let host_process = sc.host_process == Some(true)
+            || containers.iter().any(|c| c.sc.host_process == Some(true));
         Ok(PodView {
             field,
-            sc: SecurityContext::parse(spec, field, true)?,
-            windows,
+            sc,
+            windows: os_windows || host_process,
             containers,
             volumes,
             host_network: shape::boolean(spec, field, "hostNetwork")?.unwrap_or(false),
@@ -261,6 +281,16 @@ fn parse_container<'v>(
             mount_names.push(name);
         }
     }
+    let mut device_paths = Vec::new();
+    for (i, device) in shape::objects(container, at, "volumeDevices")?
+        .into_iter()
+        .enumerate()
+    {
+        let device_at = format!("{at}.volumeDevices[{i}]");
+        if let Some(path) = shape::string(device, &device_at, "devicePath")? {
+            device_paths.push(path);
+        }
+    }
     Ok(ContainerView {
         list,
         index,
@@ -269,6 +299,7 @@ fn parse_container<'v>(
         sc: SecurityContext::parse(container, at, false)?,
         mount_paths,
         mount_names,
+        device_paths,
     })
 }
 
@@ -414,6 +445,21 @@ mod tests {
             (
                 json!({"securityContext": {"sysctls": [{"name": 1}]}}),
                 "spec.securityContext.sysctls[0].name",
+                "a string",
+            ),
+            (
+                json!({"securityContext": {"windowsOptions": {"hostProcess": "true"}}}),
+                "spec.securityContext.windowsOptions.hostProcess",
+                "a boolean",
+            ),
+            (
+                json!({"containers": [{"securityContext": {"windowsOptions": {"runAsUserName": 0}}}]}),
+                "spec.containers[0].securityContext.windowsOptions.runAsUserName",
+                "a string",
+            ),
+            (
+                json!({"containers": [{"volumeDevices": [{"devicePath": ["/dev/x"]}]}]}),
+                "spec.containers[0].volumeDevices[0].devicePath",
                 "a string",
             ),
             (json!({"os": {"name": 1}}), "spec.os.name", "a string"),

@@ -279,6 +279,38 @@ mod tests {
     }
 
     #[test]
+    fn host_process_pods_are_windows_pods_even_without_os_name() {
+        let host_process = json!({"windowsOptions": {"hostProcess": true}});
+        let specs = [
+            json!({"hostNetwork": true, "securityContext": host_process,
+                   "containers": [{"name": "w"}]}),
+            json!({"hostNetwork": true,
+                   "containers": [{"name": "w", "securityContext": host_process}]}),
+            json!({"hostNetwork": true, "os": {"name": "windows"},
+                   "initContainers": [{"name": "i", "securityContext": host_process}],
+                   "containers": [{"name": "w", "securityContext": host_process}]}),
+        ];
+        let policy = Policy {
+            run_as_user: Some(1000),
+            fs_group: Some(2000),
+            ..Policy::default()
+        };
+        for spec in specs {
+            let run = run_with(spec.clone(), &policy, SettingSet::default(), None);
+            assert_eq!(run.applied, vec![Setting::RunAsNonRoot], "{spec}");
+            let mut expected = spec.clone();
+            expected["securityContext"]["runAsNonRoot"] = json!(true);
+            assert_eq!(run.output, expected, "{spec}");
+        }
+        // hostProcess: false is an ordinary pod.
+        let run = run(
+            json!({"securityContext": {"windowsOptions": {"hostProcess": false}},
+                             "containers": [{"name": "w"}]}),
+        );
+        assert!(run.applied.contains(&Setting::Capabilities));
+    }
+
+    #[test]
     fn linux_pods_get_every_default() {
         let run = run(json!({"os": {"name": "linux"}, "containers": [{"name": "app"}]}));
         assert_eq!(

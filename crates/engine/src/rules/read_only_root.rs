@@ -183,6 +183,35 @@ mod tests {
     }
 
     #[test]
+    fn no_mount_where_a_block_device_sits() {
+        // The API server rejects a volumeMount whose mountPath is also a
+        // devicePath in the same container.
+        let spec = json!({
+            "containers": [
+                {"name": "db", "volumeDevices": [{"name": "blk", "devicePath": "/tmp"}]},
+                {"name": "app"}
+            ],
+            "volumes": [{"name": "blk", "persistentVolumeClaim": {"claimName": "raw"}}]
+        });
+        let run = run_with(spec, &policy(&["/tmp"]), SettingSet::default(), None);
+        let out = &run.output;
+        assert_eq!(out["containers"][0].get("volumeMounts"), None);
+        assert_eq!(
+            out["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+            json!(true)
+        );
+        assert_eq!(
+            out["containers"][1]["volumeMounts"],
+            json!([{"name": "kh-app-tmp", "mountPath": "/tmp"}])
+        );
+        assert_eq!(
+            out["volumes"],
+            json!([{"name": "blk", "persistentVolumeClaim": {"claimName": "raw"}},
+                   {"name": "kh-app-tmp", "emptyDir": {}}])
+        );
+    }
+
+    #[test]
     fn volume_name_clashes_get_a_hashed_name() {
         let spec = json!({
             "containers": [{"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],

@@ -2,7 +2,8 @@
 //! otherwise per container on those that can.
 //!
 //! The kubelet refuses to start a container with `runAsNonRoot: true` whose
-//! effective UID is 0, so such a container never gets it.
+//! effective UID is 0, or (on Windows) whose effective `runAsUserName` is
+//! `ContainerAdministrator`, so such a container never gets it.
 
 use serde_json::Value;
 
@@ -15,15 +16,30 @@ use crate::{Setting, WarningKind};
 enum Conflict {
     ExplicitFalse,
     RootUid,
+    WindowsAdministrator,
 }
 
-/// `pod_uid` is the pod's effective UID: its explicit `runAsUser` or the one
-/// injected from the configuration.
-fn conflict(container: &ContainerView<'_>, pod_uid: Option<i64>) -> Option<Conflict> {
+/// The user the Windows kubelet treats as root (compared case-insensitively,
+/// as Windows user names are).
+const WINDOWS_ROOT_USER: &str = "ContainerAdministrator";
+
+/// What decides a container's user besides its own securityContext.
+#[derive(Debug, Clone, Copy)]
+struct PodUser<'v> {
+    /// The pod's explicit `runAsUser` or the one injected from the configuration.
+    uid: Option<i64>,
+    /// The pod's `windowsOptions.runAsUserName`.
+    user_name: Option<&'v str>,
+}
+
+fn conflict(container: &ContainerView<'_>, pod: PodUser<'_>) -> Option<Conflict> {
+    let user_name = container.sc.run_as_user_name.or(pod.user_name);
     if container.sc.run_as_non_root == Some(false) {
         Some(Conflict::ExplicitFalse)
-    } else if container.sc.run_as_user.or(pod_uid) == Some(0) {
+    } else if container.sc.run_as_user.or(pod.uid) == Some(0) {
         Some(Conflict::RootUid)
+    } else if user_name.is_some_and(|name| name.trim().eq_ignore_ascii_case(WINDOWS_ROOT_USER)) {
+        Some(Conflict::WindowsAdministrator)
     } else {
         None
     }
@@ -40,6 +56,11 @@ fn warn_conflict(edits: &mut Edits<'_>, container: &ContainerView<'_>, conflict:
             WarningKind::NotInjected,
             format!("{}.securityContext.runAsNonRoot", container.field()),
             "not set: the container runs as UID 0",
+        ),
+        Conflict::WindowsAdministrator => edits.warn(
+            WarningKind::NotInjected,
+            format!("{}.securityContext.runAsNonRoot", container.field()),
+            "not set: the container runs as ContainerAdministrator",
         ),
     }
 }
@@ -66,7 +87,10 @@ pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid
         return;
     }
     let containers = &rules.pod.containers;
-    let pod_uid = rules.pod.sc.run_as_user.or(injected_uid);
+    let pod_user = PodUser {
+        uid: rules.pod.sc.run_as_user.or(injected_uid),
+        user_name: rules.pod.sc.run_as_user_name,
+    };
     if !pod_level_open(rules, edits) {
         if rules.pod.sc.run_as_non_root == Some(true) {
             for c in containers
@@ -78,7 +102,7 @@ pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid
         }
         return;
     }
-    if containers.iter().all(|c| conflict(c, pod_uid).is_none()) {
+    if containers.iter().all(|c| conflict(c, pod_user).is_none()) {
         edits.inject(
             Setting::RunAsNonRoot,
             &rules.pod_sc(),
@@ -88,7 +112,7 @@ pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid
         return;
     }
     for container in containers {
-        per_container(rules, edits, container, pod_uid);
+        per_container(rules, edits, container, pod_user);
     }
 }
 
@@ -96,9 +120,9 @@ fn per_container<'v>(
     rules: &Rules<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
-    pod_uid: Option<i64>,
+    pod_user: PodUser<'_>,
 ) {
-    match conflict(container, pod_uid) {
+    match conflict(container, pod_user) {
         Some(conflict) => warn_conflict(edits, container, conflict),
         None if container.sc.run_as_non_root.is_none() => edits.inject(
             Setting::RunAsNonRoot,
@@ -126,7 +150,13 @@ pub(super) fn new_container<'v>(
             }
         }
         Some(false) => {}
-        None => per_container(rules, edits, container, rules.pod.sc.run_as_user),
+        None => {
+            let pod_user = PodUser {
+                uid: rules.pod.sc.run_as_user,
+                user_name: rules.pod.sc.run_as_user_name,
+            };
+            per_container(rules, edits, container, pod_user);
+        }
     }
 }
 
@@ -227,6 +257,82 @@ mod tests {
             }
             assert_eq!(kinds(&run), warnings, "{spec}");
         }
+    }
+
+    #[test]
+    fn windows_administrator_is_root_for_the_kubelet() {
+        // (spec, expected pod-level value, expected per-container values, warnings)
+        let admin = json!({"windowsOptions": {"runAsUserName": "ContainerAdministrator"}});
+        let user = json!({"windowsOptions": {"runAsUserName": "ContainerUser"}});
+        let cases = [
+            (
+                json!({"os": {"name": "windows"}, "securityContext": admin,
+                       "containers": [{"name": "a"}]}),
+                Value::Null,
+                vec![Value::Null],
+                vec![WarningKind::NotInjected],
+            ),
+            (
+                json!({"os": {"name": "windows"},
+                       "containers": [{"name": "a", "securityContext":
+                           {"windowsOptions": {"runAsUserName": " containeradministrator "}}},
+                                      {"name": "b"}]}),
+                Value::Null,
+                vec![Value::Null, json!(true)],
+                vec![WarningKind::NotInjected],
+            ),
+            (
+                // The container's own user name wins over the pod's.
+                json!({"os": {"name": "windows"}, "securityContext": admin,
+                       "containers": [{"name": "a", "securityContext": user}, {"name": "b"}]}),
+                Value::Null,
+                vec![json!(true), Value::Null],
+                vec![WarningKind::NotInjected],
+            ),
+            (
+                json!({"os": {"name": "windows"}, "securityContext": user,
+                       "containers": [{"name": "a"}]}),
+                json!(true),
+                vec![Value::Null],
+                vec![],
+            ),
+            (
+                json!({"os": {"name": "windows"}, "securityContext": {"windowsOptions": {}},
+                       "containers": [{"name": "a"}]}),
+                json!(true),
+                vec![Value::Null],
+                vec![],
+            ),
+        ];
+        for (spec, pod_level, per_container, warnings) in cases {
+            let run = run(spec.clone());
+            assert_eq!(
+                run.output["securityContext"]["runAsNonRoot"], pod_level,
+                "{spec}"
+            );
+            for (i, expected) in per_container.into_iter().enumerate() {
+                assert_eq!(rnr(&run.output, "containers", i), expected, "{spec} [{i}]");
+            }
+            assert_eq!(kinds(&run), warnings, "{spec}");
+            if let Some(w) = run.warnings.first() {
+                assert_eq!(w.2, "not set: the container runs as ContainerAdministrator");
+            }
+        }
+    }
+
+    #[test]
+    fn new_ephemeral_container_running_as_windows_administrator_is_left_alone() {
+        let spec = json!({"os": {"name": "windows"}, "containers": [{"name": "a"}],
+            "ephemeralContainers": [{"name": "dbg", "securityContext":
+                {"windowsOptions": {"runAsUserName": "ContainerAdministrator"}}}]});
+        let run = run_with(
+            spec,
+            &Policy::default(),
+            SettingSet::default(),
+            Some(&["dbg"]),
+        );
+        assert_eq!(run.ops, 0);
+        assert_eq!(kinds(&run), vec![WarningKind::NotInjected]);
     }
 
     #[test]
