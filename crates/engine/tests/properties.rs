@@ -81,9 +81,22 @@ fn container_sc() -> impl Strategy<Value = Value> {
         opt(prop_oneof![Just("Default"), Just("Unmasked")]),
         opt(unknown()),
         opt(uid()),
+        opt(windows_options()),
     )
         .prop_map(
-            |(rnr, user, ape, privileged, rorf, caps, seccomp, proc_mount, extra, group)| {
+            |(
+                rnr,
+                user,
+                ape,
+                privileged,
+                rorf,
+                caps,
+                seccomp,
+                proc_mount,
+                extra,
+                group,
+                windows,
+            )| {
                 let mut m = Map::new();
                 insert(&mut m, "runAsNonRoot", rnr.map(Value::Bool));
                 insert(&mut m, "runAsUser", user.map(Value::from));
@@ -94,10 +107,30 @@ fn container_sc() -> impl Strategy<Value = Value> {
                 insert(&mut m, "capabilities", caps);
                 insert(&mut m, "seccompProfile", seccomp);
                 insert(&mut m, "procMount", proc_mount.map(Value::from));
+                insert(&mut m, "windowsOptions", windows);
                 insert(&mut m, UNKNOWN, extra);
                 Value::Object(m)
             },
         )
+}
+
+/// `windowsOptions`: the user name the Windows kubelet treats as root (in
+/// several spellings) or an ordinary one, and rarely a HostProcess container.
+fn windows_options() -> impl Strategy<Value = Value> {
+    (
+        opt(prop_oneof![
+            Just("ContainerAdministrator"),
+            Just("containeradministrator"),
+            Just("ContainerUser"),
+        ]),
+        opt(prop::bool::weighted(0.1)),
+    )
+        .prop_map(|(user, host_process)| {
+            let mut m = Map::new();
+            insert(&mut m, "runAsUserName", user.map(Value::from));
+            insert(&mut m, "hostProcess", host_process.map(Value::Bool));
+            Value::Object(m)
+        })
 }
 
 fn pod_sc() -> impl Strategy<Value = Value> {
@@ -109,23 +142,35 @@ fn pod_sc() -> impl Strategy<Value = Value> {
         opt(Just(2000i64)),
         opt(prop_oneof![Just("Always"), Just("OnRootMismatch")]),
         opt(unknown()),
+        opt(windows_options()),
     )
-        .prop_map(|(rnr, user, group, seccomp, fs_group, change, extra)| {
-            let mut m = Map::new();
-            insert(&mut m, "runAsNonRoot", rnr.map(Value::Bool));
-            insert(&mut m, "runAsUser", user.map(Value::from));
-            insert(&mut m, "runAsGroup", group.map(Value::from));
-            insert(&mut m, "seccompProfile", seccomp);
-            insert(&mut m, "fsGroup", fs_group.map(Value::from));
-            insert(&mut m, "fsGroupChangePolicy", change.map(Value::from));
-            insert(&mut m, UNKNOWN, extra);
-            Value::Object(m)
-        })
+        .prop_map(
+            |(rnr, user, group, seccomp, fs_group, change, extra, windows)| {
+                let mut m = Map::new();
+                insert(&mut m, "runAsNonRoot", rnr.map(Value::Bool));
+                insert(&mut m, "runAsUser", user.map(Value::from));
+                insert(&mut m, "runAsGroup", group.map(Value::from));
+                insert(&mut m, "seccompProfile", seccomp);
+                insert(&mut m, "fsGroup", fs_group.map(Value::from));
+                insert(&mut m, "fsGroupChangePolicy", change.map(Value::from));
+                insert(&mut m, "windowsOptions", windows);
+                insert(&mut m, UNKNOWN, extra);
+                Value::Object(m)
+            },
+        )
 }
 
 /// (securityContext, mounted path indexes, has a name, sidecar, unknown
-/// field, `/tmp/` spelled with a trailing slash)
-type ContainerParts = (Option<Value>, Vec<usize>, bool, bool, Option<Value>, bool);
+/// field, `/tmp/` spelled with a trailing slash, a block device at `/tmp`)
+type ContainerParts = (
+    Option<Value>,
+    Vec<usize>,
+    bool,
+    bool,
+    Option<Value>,
+    bool,
+    bool,
+);
 
 fn container() -> impl Strategy<Value = ContainerParts> {
     (
@@ -136,6 +181,7 @@ fn container() -> impl Strategy<Value = ContainerParts> {
         any::<bool>(),
         opt(unknown()),
         any::<bool>(),
+        prop::bool::weighted(0.1),
     )
 }
 
@@ -166,7 +212,7 @@ fn pod() -> impl Strategy<Value = Value> {
                 let items: Vec<Value> = parts
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (sc, paths, named, sidecar, extra, slash))| {
+                    .map(|(i, (sc, paths, named, sidecar, extra, slash, device))| {
                         let name = format!("{}{i}", &list[..1]);
                         let mut c = Map::new();
                         if named {
@@ -188,6 +234,11 @@ fn pod() -> impl Strategy<Value = Value> {
                                 })
                                 .collect();
                             c.insert("volumeMounts".into(), Value::Array(mounts));
+                        }
+                        if device && !paths.contains(&0) && list != "ephemeralContainers" {
+                            let vol = format!("blk-{name}");
+                            volumes.push(json!({"name": vol, "persistentVolumeClaim": {"claimName": "raw"}}));
+                            c.insert("volumeDevices".into(), json!([{"name": vol, "devicePath": "/tmp"}]));
                         }
                         insert(&mut c, UNKNOWN, extra);
                         Value::Object(c)
@@ -297,7 +348,14 @@ fn adds_sys_admin(c: &Value) -> bool {
 fn is_clean(pod: &Value) -> bool {
     let spec = &pod["spec"];
     let sc = &spec["securityContext"];
+    let windows_root = |sc: &Value| {
+        sc["windowsOptions"]["hostProcess"] == true
+            || sc["windowsOptions"]["runAsUserName"]
+                .as_str()
+                .is_some_and(|u| u.eq_ignore_ascii_case("ContainerAdministrator"))
+    };
     let bad_pod = spec["os"]["name"] == "windows"
+        || windows_root(sc)
         || sc["runAsNonRoot"] == false
         || sc["runAsUser"] == 0
         || sc["seccompProfile"]["type"] == "Unconfined"
@@ -307,6 +365,7 @@ fn is_clean(pod: &Value) -> bool {
     let bad_container = all_containers(pod).into_iter().any(|c| {
         let sc = &c["securityContext"];
         sc["privileged"] == true
+            || windows_root(sc)
             || sc["runAsNonRoot"] == false
             || sc["runAsUser"] == 0
             || sc["allowPrivilegeEscalation"] == true
@@ -394,6 +453,166 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
     v
 }
 
+/// Security-context fields the API server forbids when `spec.os.name` is
+/// `windows` (pod level, then container level), as documented on each field
+/// of the v1.37 API ("cannot be set when spec.os.name is windows").
+const WINDOWS_FORBIDDEN_POD: [&str; 11] = [
+    "appArmorProfile",
+    "fsGroup",
+    "fsGroupChangePolicy",
+    "runAsGroup",
+    "runAsUser",
+    "seLinuxChangePolicy",
+    "seLinuxOptions",
+    "seccompProfile",
+    "supplementalGroups",
+    "supplementalGroupsPolicy",
+    "sysctls",
+];
+const WINDOWS_FORBIDDEN_CONTAINER: [&str; 10] = [
+    "allowPrivilegeEscalation",
+    "appArmorProfile",
+    "capabilities",
+    "privileged",
+    "procMount",
+    "readOnlyRootFilesystem",
+    "runAsGroup",
+    "runAsUser",
+    "seLinuxOptions",
+    "seccompProfile",
+];
+
+fn is_dns1123_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The rules of kube-apiserver's pod validation (pkg/apis/core/validation)
+/// and of the kubelet's start-up checks that a mutation of security
+/// contexts, volumes and mounts could break, as a list of violations.
+fn api_violations(pod: &Value) -> BTreeSet<String> {
+    let spec = &pod["spec"];
+    let pod_sc = &spec["securityContext"];
+    let mut v = BTreeSet::new();
+    let windows = spec["os"]["name"] == "windows";
+    if windows {
+        for field in WINDOWS_FORBIDDEN_POD {
+            if pod_sc.get(field).is_some_and(|f| !f.is_null()) {
+                v.insert(format!("windows pod: securityContext.{field}"));
+            }
+        }
+    }
+    match pod_sc["fsGroupChangePolicy"].as_str() {
+        None | Some("OnRootMismatch" | "Always") => {}
+        Some(other) => {
+            v.insert(format!("fsGroupChangePolicy {other}"));
+        }
+    }
+    for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+        if pod_sc[key]
+            .as_i64()
+            .is_some_and(|id| !(0..=i64::from(i32::MAX)).contains(&id))
+        {
+            v.insert(format!("pod {key} out of range"));
+        }
+    }
+    let mut volumes = BTreeSet::new();
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        let name = volume["name"].as_str().unwrap_or_default();
+        if !is_dns1123_label(name) {
+            v.insert(format!("volume name {name:?} is not a DNS-1123 label"));
+        }
+        if !volumes.insert(name.to_owned()) {
+            v.insert(format!("volume name {name:?} is not unique"));
+        }
+    }
+    for c in all_containers(pod) {
+        let name = c["name"].as_str().unwrap_or("?");
+        let sc = &c["securityContext"];
+        if windows {
+            for field in WINDOWS_FORBIDDEN_CONTAINER {
+                if sc.get(field).is_some_and(|f| !f.is_null()) {
+                    v.insert(format!("{name}: windows pod: securityContext.{field}"));
+                }
+            }
+        }
+        if sc["allowPrivilegeEscalation"] == false {
+            if sc["privileged"] == true {
+                v.insert(format!(
+                    "{name}: allowPrivilegeEscalation false with privileged"
+                ));
+            }
+            let adds_cap_sys_admin = sc["capabilities"]["add"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "CAP_SYS_ADMIN"));
+            if adds_cap_sys_admin {
+                v.insert(format!(
+                    "{name}: allowPrivilegeEscalation false with CAP_SYS_ADMIN"
+                ));
+            }
+        }
+        let devices: Vec<&str> = c["volumeDevices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["devicePath"].as_str())
+            .collect();
+        let mut paths = BTreeSet::new();
+        for mount in c["volumeMounts"].as_array().into_iter().flatten() {
+            let volume = mount["name"].as_str().unwrap_or_default();
+            let path = mount["mountPath"].as_str().unwrap_or_default();
+            if !volumes.contains(volume) {
+                v.insert(format!("{name}: mount of unknown volume {volume:?}"));
+            }
+            if path.is_empty() || !paths.insert(path) {
+                v.insert(format!("{name}: mountPath {path:?} empty or not unique"));
+            }
+            if devices.contains(&path) {
+                v.insert(format!("{name}: mountPath {path:?} is a devicePath"));
+            }
+        }
+        // The kubelet refuses to start a container whose effective
+        // runAsNonRoot is true and whose effective user is root.
+        let effective = |key: &str| {
+            Some(&sc[key])
+                .filter(|x| !x.is_null())
+                .unwrap_or(&pod_sc[key])
+                .clone()
+        };
+        let user_name = Some(&sc["windowsOptions"]["runAsUserName"])
+            .filter(|x| !x.is_null())
+            .unwrap_or(&pod_sc["windowsOptions"]["runAsUserName"]);
+        if effective("runAsNonRoot") == true {
+            if effective("runAsUser") == 0 {
+                v.insert(format!("{name}: kubelet: runAsNonRoot with runAsUser 0"));
+            }
+            if user_name
+                .as_str()
+                .is_some_and(|u| u.trim().eq_ignore_ascii_case("ContainerAdministrator"))
+            {
+                v.insert(format!(
+                    "{name}: kubelet: runAsNonRoot as ContainerAdministrator"
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// Violations in `output` that `input` did not already have: the engine's doing.
+fn new_api_violations(input: &Value, output: &Value) -> Vec<String> {
+    let before = api_violations(input);
+    api_violations(output)
+        .into_iter()
+        .filter(|x| !before.contains(x))
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -441,6 +660,8 @@ proptest! {
     #[test]
     fn output_is_accepted_by_the_api_server(input in pod(), policy in policy()) {
         let (output, outcome) = apply(&input, &policy);
+        let introduced = new_api_violations(&input, &output);
+        prop_assert!(introduced.is_empty(), "{introduced:?}\n{output:#}");
         for (before, after) in all_containers(&input).into_iter().zip(all_containers(&output)) {
             let injected_ape = before["securityContext"]["allowPrivilegeEscalation"].is_null()
                 && after["securityContext"]["allowPrivilegeEscalation"] == false;
@@ -591,6 +812,8 @@ proptest! {
                 prop_assert_eq!(output.pointer(pointer), Some(value), "{}", pointer);
             }
         }
+        let introduced = new_api_violations(&new, &output);
+        prop_assert!(introduced.is_empty(), "{introduced:?}");
         let added = &output["spec"]["ephemeralContainers"][index];
         if added["securityContext"]["allowPrivilegeEscalation"] == false && new["spec"]["ephemeralContainers"][index]["securityContext"]["allowPrivilegeEscalation"].is_null() {
             prop_assert!(added["securityContext"]["privileged"] != true && !adds_sys_admin(added));
@@ -649,4 +872,66 @@ fn the_restricted_checker_catches_each_rule() {
             });
         assert!(!restricted_violations(&pod).is_empty(), "{pointer}");
     }
+}
+
+#[test]
+fn the_api_checker_catches_each_rule() {
+    let good = json!({"spec": {
+        "securityContext": {"runAsNonRoot": true, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"},
+        "containers": [{"name": "a",
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"add": ["SYS_ADMIN"]}},
+            "volumeMounts": [{"name": "v", "mountPath": "/tmp"}],
+            "volumeDevices": [{"name": "b", "devicePath": "/dev/xvda"}]}],
+        "volumes": [{"name": "v", "emptyDir": {}}, {"name": "b", "persistentVolumeClaim": {"claimName": "c"}}]}});
+    assert_eq!(api_violations(&good), BTreeSet::new());
+    let windows = |sc_at: &str, field: &str| {
+        let mut pod = good.clone();
+        pod["spec"]["containers"][0]["securityContext"] = json!({});
+        pod["spec"]["securityContext"] = json!({});
+        pod["spec"]["os"] = json!({"name": "windows"});
+        pod.pointer_mut(sc_at).unwrap()[field] = json!({});
+        pod
+    };
+    for field in WINDOWS_FORBIDDEN_POD {
+        let pod = windows("/spec/securityContext", field);
+        assert_eq!(api_violations(&pod).len(), 1, "{field}");
+    }
+    for field in WINDOWS_FORBIDDEN_CONTAINER {
+        let pod = windows("/spec/containers/0/securityContext", field);
+        assert_eq!(api_violations(&pod).len(), 1, "{field}");
+    }
+    let breaks: [(&str, Value); 10] = [
+        (
+            "/spec/securityContext/fsGroupChangePolicy",
+            json!("Sometimes"),
+        ),
+        ("/spec/securityContext/runAsUser", json!(-1)),
+        ("/spec/containers/0/securityContext/privileged", json!(true)),
+        (
+            "/spec/containers/0/securityContext/capabilities/add",
+            json!(["CAP_SYS_ADMIN"]),
+        ),
+        ("/spec/volumes/0/name", json!("Kh_tmp")),
+        ("/spec/volumes/1/name", json!("v")),
+        ("/spec/containers/0/volumeMounts/0/name", json!("missing")),
+        (
+            "/spec/containers/0/volumeDevices/0/devicePath",
+            json!("/tmp"),
+        ),
+        ("/spec/containers/0/securityContext/runAsUser", json!(0)),
+        (
+            "/spec/securityContext/windowsOptions",
+            json!({"runAsUserName": "containeradministrator"}),
+        ),
+    ];
+    for (pointer, value) in breaks {
+        let mut pod = good.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        pod.pointer_mut(parent).unwrap()[key] = value;
+        assert!(!api_violations(&pod).is_empty(), "{pointer}");
+    }
+    let mut twice = good.clone();
+    twice["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "v", "mountPath": "/tmp"}, {"name": "v", "mountPath": "/tmp"}]);
+    assert!(!api_violations(&twice).is_empty());
 }

@@ -4,18 +4,33 @@
 use serde_json::Value;
 
 use super::{Edits, Rules};
-use crate::Setting;
+use crate::{Setting, WarningKind};
 
 /// The configured UID, when it will be injected: only if no container and
 /// not the pod chose one (a per-container choice means the images differ).
 pub(super) fn uid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
-    let pod = rules.pod;
-    let unset =
-        pod.sc.run_as_user.is_none() && pod.containers.iter().all(|c| c.sc.run_as_user.is_none());
+    let unset = uid_unset_everywhere(rules);
     rules
         .policy
         .run_as_user
-        .filter(|_| unset && rules.enabled(Setting::RunAsUser))
+        .filter(|uid| unset && rules.enabled(Setting::RunAsUser) && !root_refused(rules, *uid))
+}
+
+fn uid_unset_everywhere(rules: &Rules<'_, '_>) -> bool {
+    let pod = rules.pod;
+    pod.sc.run_as_user.is_none() && pod.containers.iter().all(|c| c.sc.run_as_user.is_none())
+}
+
+/// Whether `uid` is root and the user already asked for `runAsNonRoot: true`
+/// somewhere: the kubelet would then refuse to start the container.
+fn root_refused(rules: &Rules<'_, '_>, uid: i64) -> bool {
+    let pod = rules.pod;
+    uid == 0
+        && (pod.sc.run_as_non_root == Some(true)
+            || pod
+                .containers
+                .iter()
+                .any(|c| c.sc.run_as_non_root == Some(true)))
 }
 
 pub(super) fn gid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
@@ -37,6 +52,18 @@ pub(super) fn inject_ids<'v>(
     let sc = rules.pod_sc();
     if let Some(uid) = uid {
         edits.inject(Setting::RunAsUser, &sc, "runAsUser", Value::from(uid));
+    } else if rules
+        .policy
+        .run_as_user
+        .is_some_and(|u| root_refused(rules, u))
+        && uid_unset_everywhere(rules)
+        && rules.enabled(Setting::RunAsUser)
+    {
+        edits.warn(
+            WarningKind::NotInjected,
+            format!("{}.securityContext.runAsUser", rules.pod.field),
+            "not set: the configured UID 0 contradicts runAsNonRoot: true",
+        );
     }
     if let Some(gid) = gid {
         edits.inject(Setting::RunAsGroup, &sc, "runAsGroup", Value::from(gid));
@@ -72,7 +99,7 @@ pub(super) fn fs_group<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
 mod tests {
     use super::super::test_support::*;
     use crate::opt_out::SettingSet;
-    use crate::{Policy, Setting};
+    use crate::{Policy, Setting, WarningKind};
     use serde_json::{Value, json};
 
     fn ids_policy() -> Policy {
@@ -119,6 +146,48 @@ mod tests {
             let run = run_with(spec.clone(), &ids_policy(), SettingSet::default(), None);
             assert_eq!(run.output["securityContext"], expected, "{spec}");
         }
+    }
+
+    #[test]
+    fn configured_root_uid_never_meets_an_explicit_run_as_non_root() {
+        let mut policy = only(Setting::RunAsUser);
+        policy.run_as_user = Some(0);
+        // (spec, expected pod runAsUser, warnings)
+        let cases = [
+            (
+                json!({"securityContext": {"runAsNonRoot": true}, "containers": [{"name": "a"}]}),
+                Value::Null,
+                vec![WarningKind::NotInjected],
+            ),
+            (
+                json!({"containers": [{"name": "a"}, {"name": "b", "securityContext": {"runAsNonRoot": true}}]}),
+                Value::Null,
+                vec![WarningKind::NotInjected],
+            ),
+            (
+                json!({"securityContext": {"runAsNonRoot": false}, "containers": [{"name": "a"}]}),
+                json!(0),
+                vec![],
+            ),
+            (json!({"containers": [{"name": "a"}]}), json!(0), vec![]),
+        ];
+        for (spec, expected, warnings) in cases {
+            let run = run_with(spec.clone(), &policy, SettingSet::default(), None);
+            assert_eq!(
+                run.output["securityContext"]["runAsUser"], expected,
+                "{spec}"
+            );
+            assert_eq!(kinds(&run), warnings, "{spec}");
+        }
+        // A non-root configured UID is injected next to runAsNonRoot: true.
+        policy.run_as_user = Some(1000);
+        let run = run_with(
+            json!({"securityContext": {"runAsNonRoot": true}, "containers": [{"name": "a"}]}),
+            &policy,
+            SettingSet::default(),
+            None,
+        );
+        assert_eq!(run.output["securityContext"]["runAsUser"], json!(1000));
     }
 
     #[test]
