@@ -204,7 +204,7 @@ pub fn preview(
             .cloned()
             .collect::<BTreeMap<_, _>>(),
     };
-    let reports = evaluate(&documents, &options, &preview_policy(config))?;
+    let reports = evaluate(documents, &options, &preview_policy(config))?;
     let changed = reports
         .iter()
         .flat_map(|r| &r.objects)

@@ -57,8 +57,6 @@ pub struct ObjectReport {
     /// `metadata.name`, or `generateName` followed by `*`.
     pub name: Option<String>,
     pub outcome: Outcome,
-    /// The object with the patch applied; `None` when the patch is empty.
-    pub mutated: Option<Value>,
 }
 
 impl ObjectReport {
@@ -80,6 +78,7 @@ impl ObjectReport {
 #[derive(Debug, Clone)]
 pub struct DocumentReport {
     pub location: Location,
+    /// The document exactly as read.
     pub original: Value,
     /// Items of a List document, in order; otherwise exactly one object.
     pub objects: Vec<ObjectReport>,
@@ -87,31 +86,58 @@ pub struct DocumentReport {
 }
 
 impl DocumentReport {
-    /// The document as it would be stored: mutated objects, List kept as a List.
-    pub fn mutated(&self) -> Value {
-        if self.is_list {
-            let mut list = self.original.clone();
-            if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
-                for (item, object) in items.iter_mut().zip(&self.objects) {
-                    if let Some(mutated) = &object.mutated {
-                        *item = mutated.clone();
-                    }
-                }
-            }
-            list
-        } else {
-            match self.objects.first().and_then(|o| o.mutated.as_ref()) {
-                Some(mutated) => mutated.clone(),
-                None => self.original.clone(),
+    /// The object `object` of this document as read.
+    pub fn original_object(&self, object: &ObjectReport) -> &Value {
+        match object.location.item {
+            Some(item) => self
+                .original
+                .get("items")
+                .and_then(|items| items.get(item - 1))
+                .unwrap_or(&Value::Null),
+            None => &self.original,
+        }
+    }
+
+    /// The object `object` with its patch applied; `None` when unchanged.
+    /// Computed on demand: only the yaml and diff outputs need it, and a
+    /// copy per object is the largest cost of a preview otherwise.
+    pub fn mutated_object(&self, object: &ObjectReport) -> Result<Option<Value>, PreviewError> {
+        if !object.changed() {
+            return Ok(None);
+        }
+        let mut value = self.original_object(object).clone();
+        apply(&mut value, object)?;
+        Ok(Some(value))
+    }
+
+    /// The document as it would be stored: mutated objects, a List kept as a List.
+    pub fn mutated(&self) -> Result<Value, PreviewError> {
+        let mut document = self.original.clone();
+        for object in self.objects.iter().filter(|o| o.changed()) {
+            let target = match object.location.item {
+                Some(item) => document
+                    .get_mut("items")
+                    .and_then(|items| items.get_mut(item - 1)),
+                None => Some(&mut document),
+            };
+            if let Some(target) = target {
+                apply(target, object)?;
             }
         }
+        Ok(document)
     }
 }
 
-/// An object ready for the engine, with the facts read from its metadata.
-struct Candidate<'a> {
+fn apply(value: &mut Value, object: &ObjectReport) -> Result<(), PreviewError> {
+    json_patch::patch(value, &object.outcome.patch.0).map_err(|e| PreviewError::PatchDoesNotApply {
+        location: object.location.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// What is read from an object's metadata before the engine runs.
+struct Meta {
     location: Location,
-    value: &'a Value,
     kind: String,
     api_version: Option<String>,
     namespace: Option<String>,
@@ -120,35 +146,35 @@ struct Candidate<'a> {
 
 /// Runs the engine over every object of every document. Namespace objects
 /// anywhere in the input supply the annotations of their namespace, so they
-/// are collected first.
+/// are collected first. Documents are moved into the reports, not copied.
 pub fn evaluate(
-    documents: &[Document],
+    documents: Vec<Document>,
     options: &Options,
     policy: &Policy,
 ) -> Result<Vec<DocumentReport>, PreviewError> {
-    let mut shaped = Vec::with_capacity(documents.len());
-    for document in documents {
-        shaped.push(shape(document)?);
-    }
-
+    let mut shapes = Vec::with_capacity(documents.len());
     let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for (_, _, candidates) in &shaped {
-        for candidate in candidates {
-            if candidate.kind == "Namespace" {
-                let (name, annotations) = namespace_annotations(candidate)?;
+    for document in &documents {
+        let (is_list, metas) = shape(document)?;
+        for (meta, value) in metas.iter().zip(objects_of(&document.value, is_list)) {
+            // A CRD may reuse the kind name in its own group; only core
+            // Namespaces carry the opt-out annotations.
+            let core = meta.api_version.as_deref().is_none_or(|v| v == "v1");
+            if meta.kind == "Namespace" && core {
+                let (name, annotations) = namespace_annotations(meta, value)?;
                 // Later definitions win, as they would with `kubectl apply`.
                 namespaces.insert(name, annotations);
             }
         }
+        shapes.push((is_list, metas));
     }
 
-    let mut reports = Vec::with_capacity(shaped.len());
-    for (document, is_list, candidates) in shaped {
-        let mut objects = Vec::with_capacity(candidates.len());
-        for candidate in candidates {
-            let namespace = candidate
+    let mut reports = Vec::with_capacity(documents.len());
+    for (document, (is_list, metas)) in documents.into_iter().zip(shapes) {
+        let mut objects = Vec::with_capacity(metas.len());
+        for (meta, value) in metas.into_iter().zip(objects_of(&document.value, is_list)) {
+            let namespace = meta
                 .namespace
-                .clone()
                 .unwrap_or_else(|| options.default_namespace.clone());
             let annotations = namespaces
                 .get(&namespace)
@@ -157,37 +183,23 @@ pub fn evaluate(
                 namespace: Some(&namespace),
                 namespace_annotations: Some(annotations),
             };
-            let outcome =
-                harden(candidate.value, &ctx, policy).map_err(|source| PreviewError::Engine {
-                    location: candidate.location.clone(),
-                    source,
-                })?;
-            let mutated = if outcome.patch.0.is_empty() {
-                None
-            } else {
-                let mut value = candidate.value.clone();
-                json_patch::patch(&mut value, &outcome.patch.0).map_err(|e| {
-                    PreviewError::PatchDoesNotApply {
-                        location: candidate.location.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
-                Some(value)
-            };
-            let scoped = !CLUSTER_SCOPED.contains(&candidate.kind.as_str());
+            let outcome = harden(value, &ctx, policy).map_err(|source| PreviewError::Engine {
+                location: meta.location.clone(),
+                source,
+            })?;
+            let scoped = !CLUSTER_SCOPED.contains(&meta.kind.as_str());
             objects.push(ObjectReport {
-                location: candidate.location,
-                kind: candidate.kind,
-                api_version: candidate.api_version,
+                location: meta.location,
+                kind: meta.kind,
+                api_version: meta.api_version,
                 namespace: scoped.then_some(namespace),
-                name: candidate.name,
+                name: meta.name,
                 outcome,
-                mutated,
             });
         }
         reports.push(DocumentReport {
-            location: document.location.clone(),
-            original: document.value.clone(),
+            location: document.location,
+            original: document.value,
             objects,
             is_list,
         });
@@ -195,18 +207,27 @@ pub fn evaluate(
     Ok(reports)
 }
 
-/// Checks a document's shape and expands a List into its items.
-fn shape(document: &Document) -> Result<(&Document, bool, Vec<Candidate<'_>>), PreviewError> {
+/// The objects of a document: itself, or the items of a List.
+fn objects_of(value: &Value, is_list: bool) -> Box<dyn Iterator<Item = &Value> + '_> {
+    if is_list {
+        match value.get("items") {
+            Some(Value::Array(items)) => Box::new(items.iter()),
+            _ => Box::new(std::iter::empty()),
+        }
+    } else {
+        Box::new(std::iter::once(value))
+    }
+}
+
+/// Checks a document's shape and reads the metadata of its object(s),
+/// expanding a List into its items.
+fn shape(document: &Document) -> Result<(bool, Vec<Meta>), PreviewError> {
     let location = &document.location;
     let kind = object_kind(&document.value, location, None)?;
     let items = document.value.get("items");
     let is_list = kind == "List" || (kind.ends_with("List") && items.is_some_and(Value::is_array));
     if !is_list {
-        return Ok((
-            document,
-            false,
-            vec![candidate(&document.value, location.clone(), kind)?],
-        ));
+        return Ok((false, vec![meta(&document.value, location.clone(), kind)?]));
     }
     let items = match items {
         Some(Value::Array(items)) => items,
@@ -217,20 +238,20 @@ fn shape(document: &Document) -> Result<(&Document, bool, Vec<Candidate<'_>>), P
             });
         }
         // An empty List is legitimately written without items.
-        None => return Ok((document, true, Vec::new())),
+        None => return Ok((true, Vec::new())),
     };
     // Typed lists (PodList) may omit the items' kind; it is the list's.
     let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-    let mut candidates = Vec::with_capacity(items.len());
+    let mut metas = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let location = Location {
             item: Some(index + 1),
             ..location.clone()
         };
         let kind = object_kind(item, &location, item_kind)?;
-        candidates.push(candidate(item, location, kind)?);
+        metas.push(meta(item, location, kind)?);
     }
-    Ok((document, true, candidates))
+    Ok((true, metas))
 }
 
 fn object_kind(
@@ -261,11 +282,7 @@ fn object_kind(
     }
 }
 
-fn candidate(
-    value: &Value,
-    location: Location,
-    kind: String,
-) -> Result<Candidate<'_>, PreviewError> {
+fn meta(value: &Value, location: Location, kind: String) -> Result<Meta, PreviewError> {
     let invalid = |message: String| PreviewError::Invalid {
         location: location.clone(),
         message,
@@ -301,9 +318,8 @@ fn candidate(
             )));
         }
     };
-    Ok(Candidate {
+    Ok(Meta {
         location,
-        value,
         kind,
         api_version,
         namespace,
@@ -312,7 +328,8 @@ fn candidate(
 }
 
 fn namespace_annotations(
-    candidate: &Candidate<'_>,
+    candidate: &Meta,
+    value: &Value,
 ) -> Result<(String, BTreeMap<String, String>), PreviewError> {
     let invalid = |message: String| PreviewError::Invalid {
         location: candidate.location.clone(),
@@ -324,7 +341,7 @@ fn namespace_annotations(
         .filter(|n| !n.ends_with('*'))
         .ok_or_else(|| invalid("a Namespace needs `metadata.name`".to_owned()))?;
     let mut annotations = BTreeMap::new();
-    match candidate.value.pointer("/metadata/annotations") {
+    match value.pointer("/metadata/annotations") {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
             for (key, value) in map {
@@ -383,7 +400,7 @@ mod tests {
     }
 
     fn error(docs: &[Document]) -> String {
-        match evaluate(docs, &options(), &Policy::default()) {
+        match evaluate(docs.to_vec(), &options(), &Policy::default()) {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
@@ -452,7 +469,7 @@ mod tests {
             1,
             json!({"kind": "PodList", "items": [{"metadata": {"name": "a"}}]}),
         )];
-        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        let reports = evaluate(docs.to_vec(), &options(), &Policy::default()).expect("evaluates");
         assert!(reports[0].is_list);
         assert_eq!(reports[0].objects[0].identity(), "Pod default/a");
         assert_eq!(reports[0].objects[0].location.item, Some(1));
@@ -461,7 +478,7 @@ mod tests {
     #[test]
     fn a_kind_ending_in_list_without_items_is_an_ordinary_object() {
         let docs = [document(1, json!({"kind": "AllowList", "spec": {}}))];
-        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        let reports = evaluate(docs.to_vec(), &options(), &Policy::default()).expect("evaluates");
         assert!(!reports[0].is_list);
         assert_eq!(reports[0].objects.len(), 1);
     }
@@ -481,7 +498,7 @@ mod tests {
             ),
             document(3, pod(json!({}))),
         ];
-        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        let reports = evaluate(docs.to_vec(), &options(), &Policy::default()).expect("evaluates");
         let ids: Vec<String> = reports.iter().map(|r| r.objects[0].identity()).collect();
         assert_eq!(
             ids,
@@ -513,7 +530,7 @@ mod tests {
             "kube-hardener.io/skip".to_owned(),
             "capabilities".to_owned(),
         );
-        let reports = evaluate(&docs, &options, &Policy::default()).expect("evaluates");
+        let reports = evaluate(docs.to_vec(), &options, &Policy::default()).expect("evaluates");
         let outcome = |i: usize| &reports[i].objects[0].outcome;
 
         assert_eq!(outcome(0).disposition, Disposition::SkippedAll);
@@ -537,7 +554,7 @@ mod tests {
             1,
             pod(json!({"name": "dns", "namespace": "kube-system"})),
         )];
-        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        let reports = evaluate(docs.to_vec(), &options(), &Policy::default()).expect("evaluates");
         assert_eq!(
             reports[0].objects[0].outcome.disposition,
             Disposition::ExcludedNamespace("kube-system".to_owned())
@@ -548,12 +565,15 @@ mod tests {
     fn mutated_object_is_the_patch_applied_to_the_input() {
         let original = pod(json!({"name": "p"}));
         let docs = [document(1, original.clone())];
-        let reports = evaluate(&docs, &options(), &Policy::default()).expect("evaluates");
+        let reports = evaluate(docs.to_vec(), &options(), &Policy::default()).expect("evaluates");
         let object = &reports[0].objects[0];
         let mut expected = original;
         json_patch::patch(&mut expected, &object.outcome.patch.0).expect("applies");
-        assert_eq!(object.mutated.as_ref(), Some(&expected));
-        assert_eq!(reports[0].mutated(), expected);
+        assert_eq!(
+            reports[0].mutated_object(object).expect("applies"),
+            Some(expected.clone())
+        );
+        assert_eq!(reports[0].mutated().expect("applies"), expected);
     }
 
     #[test]
@@ -562,7 +582,7 @@ mod tests {
             7,
             json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": []}),
         )];
-        let error = evaluate(&docs, &options(), &Policy::default()).expect_err("rejected");
+        let error = evaluate(docs.to_vec(), &options(), &Policy::default()).expect_err("rejected");
         assert!(
             error.to_string().starts_with("in.yaml: document 7: "),
             "{error}"
@@ -579,6 +599,6 @@ mod tests {
             objects: Vec::new(),
             is_list: true,
         };
-        assert_eq!(report.mutated(), original);
+        assert_eq!(report.mutated().expect("applies"), original);
     }
 }

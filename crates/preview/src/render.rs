@@ -164,7 +164,7 @@ fn yaml(reports: &[DocumentReport]) -> Result<String, PreviewError> {
     let mut out = String::new();
     for report in reports {
         out.push_str("---\n");
-        out.push_str(&to_yaml(&report.mutated(), &report.location.to_string())?);
+        out.push_str(&to_yaml(&report.mutated()?, &report.location.to_string())?);
     }
     Ok(out)
 }
@@ -177,27 +177,17 @@ const RESET: &str = "\x1b[0m";
 
 fn diff(reports: &[DocumentReport], color: bool) -> Result<String, PreviewError> {
     let mut out = String::new();
-    for object in objects(reports) {
-        let Some(mutated) = &object.mutated else {
+    let pairs = reports
+        .iter()
+        .flat_map(|report| report.objects.iter().map(move |object| (report, object)));
+    for (report, object) in pairs {
+        let Some(mutated) = report.mutated_object(object)? else {
             continue;
         };
-        let original = reports
-            .iter()
-            .find(|r| {
-                r.location.file == object.location.file
-                    && r.location.document == object.location.document
-            })
-            .map(|r| match object.location.item {
-                Some(item) => r
-                    .original
-                    .pointer(&format!("/items/{}", item - 1))
-                    .unwrap_or(&Value::Null),
-                None => &r.original,
-            })
-            .unwrap_or(&Value::Null);
+        let original = report.original_object(object);
         let what = object.location.to_string();
         let before = to_yaml(original, &what)?;
-        let after = to_yaml(mutated, &what)?;
+        let after = to_yaml(&mutated, &what)?;
         let header = format!("{} ({})", object.identity(), object.location);
         let unified = similar::TextDiff::from_lines(&before, &after)
             .unified_diff()
@@ -321,8 +311,6 @@ mod tests {
             {"op": "add", "path": "/metadata/annotations", "value": {"kube-hardener.io/applied": "runAsNonRoot"}}
         ]))
         .expect("patch");
-        let mut mutated = original.clone();
-        json_patch::patch(&mut mutated, &patch.0).expect("applies");
         DocumentReport {
             location: location(1, None),
             original,
@@ -342,7 +330,6 @@ mod tests {
                         message: "privileged container".to_owned(),
                     }],
                 },
-                mutated: Some(mutated),
             }],
             is_list: false,
         }
@@ -363,7 +350,6 @@ mod tests {
                     disposition: Disposition::UnsupportedKind("Service".to_owned()),
                     ..Outcome::default()
                 },
-                mutated: None,
             }],
             is_list: true,
         }
