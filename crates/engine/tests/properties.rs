@@ -453,6 +453,82 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
     v
 }
 
+/// Whether a new leaf at `pointer` is one the engine may write: a field of a
+/// setting in a pod or container securityContext, a writable emptyDir volume
+/// or its mount, or the provenance annotation. Never `privileged`,
+/// `procMount`, `seLinuxOptions`, `sysctls` or `capabilities.add`.
+fn written_by_a_setting(pointer: &str) -> bool {
+    const POD_SC: [&str; 6] = [
+        "runAsNonRoot",
+        "runAsUser",
+        "runAsGroup",
+        "seccompProfile/type",
+        "fsGroup",
+        "fsGroupChangePolicy",
+    ];
+    const CONTAINER_SC: [&str; 5] = [
+        "runAsNonRoot",
+        "seccompProfile/type",
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "capabilities/drop/",
+    ];
+    if pointer == "/metadata/annotations/kube-hardener.io~1applied" {
+        return true;
+    }
+    if let Some(rest) = pointer.strip_prefix("/spec/securityContext/") {
+        return POD_SC.contains(&rest);
+    }
+    if let Some(rest) = pointer.strip_prefix("/spec/volumes/") {
+        let field = rest.split_once('/').map_or("", |(_, f)| f);
+        return field == "name" || field == "emptyDir";
+    }
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        let Some(rest) = pointer.strip_prefix(&format!("/spec/{list}/")) else {
+            continue;
+        };
+        let field = rest.split_once('/').map_or("", |(_, f)| f);
+        if let Some(sc) = field.strip_prefix("securityContext/") {
+            return CONTAINER_SC.iter().any(|allowed| {
+                sc == *allowed || (allowed.ends_with('/') && sc.starts_with(allowed))
+            });
+        }
+        if let Some(mount) = field.strip_prefix("volumeMounts/") {
+            let key = mount.split_once('/').map_or("", |(_, k)| k);
+            return key == "name" || key == "mountPath";
+        }
+    }
+    false
+}
+
+#[test]
+fn the_write_allowlist_refuses_fields_that_are_never_injected() {
+    for pointer in [
+        "/spec/securityContext/runAsNonRoot",
+        "/spec/securityContext/seccompProfile/type",
+        "/spec/containers/0/securityContext/capabilities/drop/1",
+        "/spec/initContainers/2/volumeMounts/0/mountPath",
+        "/spec/volumes/3/emptyDir",
+        "/metadata/annotations/kube-hardener.io~1applied",
+    ] {
+        assert!(written_by_a_setting(pointer), "{pointer}");
+    }
+    for pointer in [
+        "/spec/containers/0/securityContext/privileged",
+        "/spec/containers/0/securityContext/procMount",
+        "/spec/containers/0/securityContext/seLinuxOptions/type",
+        "/spec/securityContext/sysctls/0/name",
+        "/spec/containers/0/securityContext/capabilities/add/0",
+        "/spec/securityContext/seLinuxOptions",
+        "/spec/volumes/0/hostPath/path",
+        "/spec/containers/0/volumeMounts/0/subPath",
+        "/metadata/annotations/other",
+        "/spec/hostNetwork",
+    ] {
+        assert!(!written_by_a_setting(pointer), "{pointer}");
+    }
+}
+
 /// Security-context fields the API server forbids when `spec.os.name` is
 /// `windows` (pod level, then container level), as documented on each field
 /// of the v1.37 API ("cannot be set when spec.os.name is windows").
@@ -646,6 +722,17 @@ proptest! {
             if let (Some(before), Some(after)) = (drop(before), drop(after)) {
                 prop_assert!(after.len() == before.len() || (after.len() == before.len() + 1 && after.last() == Some(&json!("ALL"))));
             }
+        }
+        // Nothing but the settings' own fields, the writable volumes and
+        // mounts, and the provenance annotation is ever written.
+        let mut output_leaves = Vec::new();
+        leaves(&output, String::new(), &mut output_leaves);
+        let before: BTreeSet<&str> = input_leaves.iter().map(|(p, _)| p.as_str()).collect();
+        for (pointer, _) in &output_leaves {
+            if before.contains(pointer.as_str()) {
+                continue;
+            }
+            prop_assert!(written_by_a_setting(pointer), "unexpected write at {pointer}");
         }
         let count = |v: &Value| {
             let mut all = Vec::new();

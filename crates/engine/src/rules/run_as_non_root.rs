@@ -65,6 +65,28 @@ fn warn_conflict(edits: &mut Edits<'_>, container: &ContainerView<'_>, conflict:
     }
 }
 
+/// A container under an explicit pod-level `runAsNonRoot: true`: nothing to
+/// inject, but a root user there means the kubelet will not start it (for
+/// instance a container another webhook added after this one ran).
+fn under_pod_level_true(edits: &mut Edits<'_>, container: &ContainerView<'_>, pod: PodUser<'_>) {
+    let (key, what) = match conflict(container, pod) {
+        None => return,
+        Some(Conflict::ExplicitFalse) => {
+            warn_conflict(edits, container, Conflict::ExplicitFalse);
+            return;
+        }
+        Some(Conflict::RootUid) => ("runAsUser", "UID 0"),
+        Some(Conflict::WindowsAdministrator) => {
+            ("windowsOptions.runAsUserName", "ContainerAdministrator")
+        }
+    };
+    edits.warn(
+        WarningKind::ExplicitInsecure,
+        format!("{}.securityContext.{key}", container.field()),
+        format!("runs as {what} under runAsNonRoot: true; the kubelet will not start it"),
+    );
+}
+
 /// Returns `false` when the pod level decides for every container (an explicit
 /// value there), after warning about insecure explicit values.
 fn pod_level_open(rules: &Rules<'_, '_>, edits: &mut Edits<'_>) -> bool {
@@ -93,11 +115,8 @@ pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid
     };
     if !pod_level_open(rules, edits) {
         if rules.pod.sc.run_as_non_root == Some(true) {
-            for c in containers
-                .iter()
-                .filter(|c| c.sc.run_as_non_root == Some(false))
-            {
-                warn_conflict(edits, c, Conflict::ExplicitFalse);
+            for c in containers {
+                under_pod_level_true(edits, c, pod_user);
             }
         }
         return;
@@ -143,20 +162,14 @@ pub(super) fn new_container<'v>(
     if !rules.enabled(Setting::RunAsNonRoot) {
         return;
     }
+    let pod_user = PodUser {
+        uid: rules.pod.sc.run_as_user,
+        user_name: rules.pod.sc.run_as_user_name,
+    };
     match rules.pod.sc.run_as_non_root {
-        Some(true) => {
-            if container.sc.run_as_non_root == Some(false) {
-                warn_conflict(edits, container, Conflict::ExplicitFalse);
-            }
-        }
+        Some(true) => under_pod_level_true(edits, container, pod_user),
         Some(false) => {}
-        None => {
-            let pod_user = PodUser {
-                uid: rules.pod.sc.run_as_user,
-                user_name: rules.pod.sc.run_as_user_name,
-            };
-            per_container(rules, edits, container, pod_user);
-        }
+        None => per_container(rules, edits, container, pod_user),
     }
 }
 
@@ -383,6 +396,82 @@ mod tests {
             run.warnings[0].1,
             "spec.containers{a}.securityContext.runAsNonRoot"
         );
+    }
+
+    #[test]
+    fn root_users_under_an_explicit_pod_level_true_are_reported() {
+        // (container securityContext, pod securityContext extra, warning field, message)
+        let cases = [
+            (
+                json!({"runAsUser": 0}),
+                json!({}),
+                Some((
+                    "spec.containers{late}.securityContext.runAsUser",
+                    "runs as UID 0 under runAsNonRoot: true; the kubelet will not start it",
+                )),
+            ),
+            (
+                json!({}),
+                json!({"runAsUser": 0}),
+                Some((
+                    "spec.containers{late}.securityContext.runAsUser",
+                    "runs as UID 0 under runAsNonRoot: true; the kubelet will not start it",
+                )),
+            ),
+            (
+                json!({"windowsOptions": {"runAsUserName": "ContainerAdministrator"}}),
+                json!({}),
+                Some((
+                    "spec.containers{late}.securityContext.windowsOptions.runAsUserName",
+                    "runs as ContainerAdministrator under runAsNonRoot: true; the kubelet will not start it",
+                )),
+            ),
+            (
+                json!({"runAsUser": 0, "runAsNonRoot": false}),
+                json!({}),
+                Some((
+                    "spec.containers{late}.securityContext.runAsNonRoot",
+                    "is false; left as set, the container may run as root",
+                )),
+            ),
+            (json!({"runAsUser": 1000}), json!({"runAsUser": 0}), None),
+        ];
+        for (container_sc, pod_extra, expected) in cases {
+            let mut pod_sc = json!({"runAsNonRoot": true});
+            for (k, v) in pod_extra.as_object().unwrap() {
+                pod_sc[k] = v.clone();
+            }
+            let spec = json!({"securityContext": pod_sc,
+                "containers": [{"name": "late", "securityContext": container_sc}]});
+            let run = run_with(
+                spec.clone(),
+                &only(Setting::RunAsNonRoot),
+                SettingSet::default(),
+                None,
+            );
+            assert_eq!(run.ops, 0, "{spec}");
+            let got: Vec<_> = run
+                .warnings
+                .iter()
+                .map(|w| (w.1.as_str(), w.2.as_str()))
+                .collect();
+            assert_eq!(got, expected.into_iter().collect::<Vec<_>>(), "{spec}");
+            // The same for a new ephemeral container.
+            let spec = json!({"securityContext": spec["securityContext"], "containers": [{"name": "a"}],
+                "ephemeralContainers": [{"name": "late", "securityContext": spec["containers"][0]["securityContext"]}]});
+            let run = run_with(
+                spec.clone(),
+                &only(Setting::RunAsNonRoot),
+                SettingSet::default(),
+                Some(&["late"]),
+            );
+            assert_eq!(run.ops, 0, "{spec}");
+            assert_eq!(
+                run.warnings.len(),
+                usize::from(expected.is_some()),
+                "{spec}"
+            );
+        }
     }
 
     #[test]
