@@ -8,6 +8,7 @@
 mod input;
 mod process;
 mod render;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};

@@ -153,18 +153,17 @@ fn patch(reports: &[DocumentReport]) -> String {
     out
 }
 
-fn to_yaml(value: &Value, what: &str) -> Result<String, PreviewError> {
-    serde_norway::to_string(value).map_err(|e| PreviewError::Render {
-        what: what.to_owned(),
-        message: e.to_string(),
-    })
+fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    crate::yaml::write_document(&mut out, value);
+    out
 }
 
 fn yaml(reports: &[DocumentReport]) -> Result<String, PreviewError> {
     let mut out = String::new();
     for report in reports {
         out.push_str("---\n");
-        out.push_str(&to_yaml(&report.mutated()?, &report.location.to_string())?);
+        crate::yaml::write_document(&mut out, &report.mutated()?);
     }
     Ok(out)
 }
@@ -185,9 +184,8 @@ fn diff(reports: &[DocumentReport], color: bool) -> Result<String, PreviewError>
             continue;
         };
         let original = report.original_object(object);
-        let what = object.location.to_string();
-        let before = to_yaml(original, &what)?;
-        let after = to_yaml(&mutated, &what)?;
+        let before = to_yaml(original);
+        let after = to_yaml(&mutated);
         let header = format!("{} ({})", object.identity(), object.location);
         let unified = similar::TextDiff::from_lines(&before, &after)
             .unified_diff()
