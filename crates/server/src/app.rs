@@ -117,7 +117,11 @@ impl Webhook {
         .shutdown_timeout(server.shutdown_timeout_secs)
         .client_request_timeout(client_timeout)
         .tls_handshake_timeout(client_timeout)
-        .keep_alive(KEEP_ALIVE);
+        .keep_alive(KEEP_ALIVE)
+        // A TLS response goes out as several records; with Nagle on, the last
+        // one waits for the client's delayed ACK (~40 ms) on a keep-alive
+        // connection.
+        .tcp_nodelay(true);
         if server.workers > 0 {
             webhook = webhook.workers(server.workers);
         }

@@ -1,0 +1,665 @@
+//! Load generator for `kube-hardener serve`: realistic Pod reviews over
+//! keep-alive TLS on loopback, against a separately started release server.
+//!
+//! Run inside a throw-away control plane (the server needs a namespace watch):
+//!
+//! ```text
+//! cargo build --release -p kube-hardener
+//! e2e/controlplane/up.sh -- cargo bench -p kube-hardener-server --bench load
+//! ```
+//!
+//! Environment: `KH_BENCH_BIN` (default `target/release/kube-hardener`),
+//! `KH_BENCH_SECONDS` per phase (10), `KH_BENCH_CONNECTIONS` (32),
+//! `KH_BENCH_NAMESPACES` created before the memory phase (10000),
+//! `KH_BENCH_LOG_LEVEL` of the server (info). Targets only 127.0.0.1, every
+//! phase is bounded in time, and the server is stopped with SIGTERM at the end.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const REVIEW: &str = include_str!("../tests/fixtures/pod-create-review.json");
+
+#[derive(Debug)]
+struct Settings {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    seconds: u64,
+    connections: usize,
+    namespaces: usize,
+    log_level: String,
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(key) {
+        Ok(value) => value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{key}={value:?} is not valid")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let settings = Settings {
+        bin: std::env::var_os("KH_BENCH_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target/release/kube-hardener")),
+        kubeconfig: std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .context("KUBECONFIG is not set: run under e2e/controlplane/up.sh")?,
+        seconds: env_or("KH_BENCH_SECONDS", 10)?,
+        connections: env_or("KH_BENCH_CONNECTIONS", 32)?,
+        namespaces: env_or("KH_BENCH_NAMESPACES", 10_000)?,
+        log_level: env_or("KH_BENCH_LOG_LEVEL", "info".to_owned())?,
+    };
+    if !settings.bin.exists() {
+        bail!(
+            "{} does not exist: cargo build --release -p kube-hardener",
+            settings.bin.display()
+        );
+    }
+    // The load generator gets two threads; it shares the machine's cores
+    // with the server, which is part of what the figures measure.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(&settings))
+}
+
+async fn bench(settings: &Settings) -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model()
+    );
+    println!(
+        "server: {} (release), log level {}",
+        settings.bin.display(),
+        settings.log_level
+    );
+    println!(
+        "load: {} keep-alive TLS connections, {} s per phase, review body {} bytes\n",
+        settings.connections,
+        settings.seconds,
+        REVIEW.len()
+    );
+    let phase = Duration::from_secs(settings.seconds);
+    // The captured review's namespace must exist, as it does in a cluster;
+    // otherwise every review pays the fallback GET for an unknown namespace.
+    create_namespaces(&settings.kubeconfig, &["team-a".to_owned()]).await?;
+
+    for workers in [1, 2] {
+        let server = Server::start(settings, &pki, workers).await?;
+        let idle = server.rss_kib()?;
+        // Warm-up: connections, TLS sessions, allocator arenas.
+        saturate(&server, &pki, settings.connections, Duration::from_secs(2)).await?;
+        let cpu_before = cpu_seconds(server.pid())?;
+        let (mut sat, rss_load) = {
+            let sampler = RssSampler::start(server.pid());
+            let sat = saturate(&server, &pki, settings.connections, phase).await?;
+            (sat, sampler.stop().await)
+        };
+        let cpu = cpu_seconds(server.pid())? - cpu_before;
+        let cpu_per_review_us = cpu * 1e6 / sat.latencies.len().max(1) as f64;
+        let in_server = server.mean_review_us().await?;
+        let half_rate = sat.rate() / 2.0;
+        let mut half = paced(&server, &pki, settings.connections, half_rate, phase).await?;
+        let hwm = server.hwm_kib()?;
+        let exit = server.stop().await?;
+        println!(
+            "workers={workers}: server CPU {cpu_per_review_us:.1} µs per review (= {:.0} reviews/s per fully used core), \
+             {in_server:.1} µs mean in the handler",
+            1e6 / cpu_per_review_us
+        );
+        println!(
+            "workers={workers}: saturation {:.0} reviews/s (p50 {:.2} ms, p99 {:.2} ms, {} errors) | \
+             at {:.0}/s: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} sent, {} errors) | \
+             RSS idle {:.1} MiB, under load {:.1} MiB (peak {:.1} MiB) | SIGTERM exit: {exit}",
+            sat.rate(),
+            sat.percentile(0.50),
+            sat.percentile(0.99),
+            sat.errors,
+            half_rate,
+            half.percentile(0.50),
+            half.percentile(0.99),
+            half.percentile(1.0),
+            half.latencies.len(),
+            half.errors,
+            kib_to_mib(idle),
+            kib_to_mib(rss_load),
+            kib_to_mib(hwm),
+        );
+    }
+
+    if settings.namespaces > 0 {
+        let names: Vec<String> = (0..settings.namespaces)
+            .map(|i| format!("bench-ns-{i}"))
+            .collect();
+        let created = create_namespaces(&settings.kubeconfig, &names).await?;
+        let server = Server::start(settings, &pki, 1).await?;
+        let cached = server.metric("kube_hardener_namespace_cache_size").await?;
+        let idle = server.rss_kib()?;
+        let sampler = RssSampler::start(server.pid());
+        let sat = saturate(&server, &pki, settings.connections, phase).await?;
+        let rss_load = sampler.stop().await;
+        let exit = server.stop().await?;
+        println!(
+            "{created} namespaces created, {cached} cached: RSS idle {:.1} MiB, under load {:.1} MiB \
+             ({:.0} reviews/s, 1 worker) | SIGTERM exit: {exit}",
+            kib_to_mib(idle),
+            kib_to_mib(rss_load),
+            sat.rate()
+        );
+    }
+    Ok(())
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+/// A CA and a serving certificate for 127.0.0.1 in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    connector: TlsConnector,
+}
+
+impl Pki {
+    fn new() -> anyhow::Result<Pki> {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone())?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Pki {
+            dir,
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    health: SocketAddr,
+    _log_dir: tempfile::TempDir,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Server {
+    async fn start(settings: &Settings, pki: &Pki, workers: usize) -> anyhow::Result<Server> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let log_dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(log_dir.path().join("server.log"))?;
+        let child = Command::new(&settings.bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--health-listen")
+            .arg(health.to_string())
+            .arg("--tls-cert")
+            .arg(pki.dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(pki.dir.path().join("tls.key"))
+            .arg("--kubeconfig")
+            .arg(&settings.kubeconfig)
+            .env("KUBE_HARDENER_SERVER__WORKERS", workers.to_string())
+            .env("KUBE_HARDENER_SERVER__LOG_LEVEL", &settings.log_level)
+            .env("KUBE_HARDENER_SERVER__LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", settings.bin.display()))?;
+        let mut server = Server {
+            child,
+            addr,
+            health,
+            _log_dir: log_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("server exited during start-up: {status}");
+            }
+            if let Ok(response) = http_get(server.health, "/readyz").await
+                && response.starts_with("HTTP/1.1 200")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("server not ready within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let start-up allocations settle before the idle reading.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    fn hwm_kib(&self) -> anyhow::Result<u64> {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// Mean of the server's own review-duration histogram, in µs.
+    async fn mean_review_us(&self) -> anyhow::Result<f64> {
+        let sum: f64 = self
+            .metric("kube_hardener_review_duration_seconds_sum")
+            .await?
+            .parse()?;
+        let count: f64 = self
+            .metric("kube_hardener_review_duration_seconds_count")
+            .await?
+            .parse()?;
+        Ok(sum / count.max(1.0) * 1e6)
+    }
+
+    async fn metric(&self, name: &str) -> anyhow::Result<String> {
+        let text = http_get(self.health, "/metrics").await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")).map(str::to_owned))
+            .with_context(|| format!("metric {name} not exposed"))
+    }
+
+    /// SIGTERM, then the exit status (the server drains and exits 0).
+    async fn stop(mut self) -> anyhow::Result<String> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.to_string());
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                return Ok("killed after 30 s".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{field} missing in /proc/{pid}/status"))
+}
+
+/// User + system CPU time the process has used, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, in clock ticks (100 per second).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("odd /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) / 100.0)
+}
+
+/// Samples VmRSS every 200 ms and keeps the largest reading.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(kib) = proc_status_kib(pid, "VmRSS:") {
+                    max = max.max(kib);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            max
+        });
+        RssSampler { stop, task }
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or(0)
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out)).await??;
+    Ok(out)
+}
+
+/// One keep-alive HTTP/1.1 connection over TLS.
+struct Connection {
+    stream: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+    request: Arc<Vec<u8>>,
+}
+
+impl Connection {
+    async fn open(
+        addr: SocketAddr,
+        pki: &Pki,
+        request: Arc<Vec<u8>>,
+    ) -> anyhow::Result<Connection> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = pki.connector.connect("localhost".try_into()?, tcp).await?;
+        Ok(Connection {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+            request,
+        })
+    }
+
+    /// Sends the review and reads the full response; true when it is a 200
+    /// carrying a patch.
+    async fn review(&mut self) -> anyhow::Result<bool> {
+        self.stream.write_all(&self.request).await?;
+        self.buf.clear();
+        let mut chunk = [0_u8; 16 * 1024];
+        loop {
+            if let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..head_end])?;
+                let status_ok = head.starts_with("HTTP/1.1 200");
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| {
+                        let (key, value) = line.split_once(':')?;
+                        key.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())
+                            .flatten()
+                    })
+                    .context("response without Content-Length")?;
+                let total = head_end + 4 + length;
+                while self.buf.len() < total {
+                    let read = self.stream.read(&mut chunk).await?;
+                    if read == 0 {
+                        bail!("connection closed mid-response");
+                    }
+                    self.buf.extend_from_slice(&chunk[..read]);
+                }
+                let ok = status_ok
+                    && self.buf[head_end..total]
+                        .windows(9)
+                        .any(|w| w == b"\"patch\":\"");
+                return Ok(ok);
+            }
+            let read = self.stream.read(&mut chunk).await?;
+            if read == 0 {
+                bail!("connection closed before the response head");
+            }
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+fn request_bytes() -> Vec<u8> {
+    let mut request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        REVIEW.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(REVIEW.as_bytes());
+    request
+}
+
+#[derive(Debug, Default)]
+struct Run {
+    elapsed: Duration,
+    /// Microseconds per completed review.
+    latencies: Vec<u64>,
+    errors: u64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Latency in milliseconds at quantile `q` (0..=1).
+    fn percentile(&mut self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies.sort_unstable();
+        let index = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[index.min(self.latencies.len() - 1)] as f64 / 1000.0
+    }
+
+    fn merge(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+    }
+}
+
+/// Closed loop: every connection sends its next review as soon as the
+/// previous answer arrived.
+async fn saturate(
+    server: &Server,
+    pki: &Pki,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    let request = Arc::new(request_bytes());
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(Connection::open(server.addr, pki, Arc::clone(&request)).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let runs = futures::stream::iter(conns.into_iter().map(|mut conn| async move {
+        let mut run = Run::default();
+        while Instant::now() < deadline {
+            let sent = Instant::now();
+            match conn.review().await {
+                Ok(true) => run.latencies.push(sent.elapsed().as_micros() as u64),
+                Ok(false) => run.errors += 1,
+                Err(_) => {
+                    run.errors += 1;
+                    break;
+                }
+            }
+        }
+        run
+    }))
+    .buffer_unordered(connections)
+    .collect::<Vec<_>>();
+    let runs = tokio::time::timeout(duration + Duration::from_secs(30), runs).await?;
+    let mut total = Run {
+        elapsed: started.elapsed(),
+        ..Run::default()
+    };
+    for run in runs {
+        total.merge(run);
+    }
+    Ok(total)
+}
+
+/// Open loop at a fixed total rate: latency counts from the moment a review
+/// was due, so a stall is not hidden by sending less (coordinated omission).
+async fn paced(
+    server: &Server,
+    pki: &Pki,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    let request = Arc::new(request_bytes());
+    let per_connection = rate / connections as f64;
+    if per_connection <= 0.0 || !per_connection.is_finite() {
+        bail!("no rate to pace at");
+    }
+    let period = Duration::from_secs_f64(1.0 / per_connection);
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(Connection::open(server.addr, pki, Arc::clone(&request)).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let runs = futures::stream::iter(conns.into_iter().enumerate().map(
+        |(i, mut conn)| async move {
+            let mut run = Run::default();
+            // Spread the connections' schedules over one period.
+            let offset = period.mul_f64(i as f64 / connections as f64);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            loop {
+                let due = ticker.tick().await;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                match conn.review().await {
+                    Ok(true) => run.latencies.push(due.elapsed().as_micros() as u64),
+                    Ok(false) => run.errors += 1,
+                    Err(_) => {
+                        run.errors += 1;
+                        break;
+                    }
+                }
+            }
+            run
+        },
+    ))
+    .buffer_unordered(connections)
+    .collect::<Vec<_>>();
+    let runs = tokio::time::timeout(duration + Duration::from_secs(30), runs).await?;
+    let mut total = Run {
+        elapsed: started.elapsed(),
+        ..Run::default()
+    };
+    for run in runs {
+        total.merge(run);
+    }
+    Ok(total)
+}
+
+/// Creates the namespaces (existing ones are kept), every tenth with a
+/// kube-hardener opt-out annotation and all with labels, as clusters have.
+async fn create_namespaces(kubeconfig: &Path, names: &[String]) -> anyhow::Result<usize> {
+    let count = names.len();
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, PostParams};
+
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let api: Api<Namespace> = Api::all(client);
+    let started = Instant::now();
+    let results = futures::stream::iter(names.iter().enumerate().map(|(i, name)| {
+        let api = api.clone();
+        async move {
+            let mut namespace = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"team": format!("t{}", i % 50)}},
+            });
+            if i % 10 == 0 {
+                namespace["metadata"]["annotations"] =
+                    serde_json::json!({"kube-hardener.io/skip": "readOnlyRootFilesystem"});
+            }
+            let namespace: Namespace = serde_json::from_value(namespace)?;
+            match api.create(&PostParams::default(), &namespace).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(error) => Err(anyhow::Error::from(error)),
+            }
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<anyhow::Result<()>>>();
+    let results = tokio::time::timeout(Duration::from_secs(600), results).await?;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
+        bail!("{failed} of {count} namespaces not created, e.g.: {error:#}");
+    }
+    if count > 1 {
+        println!(
+            "created {count} namespaces in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(count)
+}
