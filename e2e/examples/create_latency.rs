@@ -7,6 +7,7 @@
 //! alternately into a namespace without the webhook and one with it, so drift
 //! (etcd growth, a busy neighbour) affects both sides alike.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -14,9 +15,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
-    LocalWebhook, RegisterOptions, Registration, ServerOptions, TestNamespace, applied_annotation,
-    client, plain_pod, pod, wait_until_hardening,
+    LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions, TestNamespace,
+    applied_annotation, client, plain_pod, pod, unique_name, wait_until_hardening,
 };
+
+const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
+const ANNOTATION_SKIP: &str = "kube-hardener.io/skip";
 
 const WARM_UP: usize = 50;
 
@@ -77,43 +81,66 @@ async fn main() -> Result<()> {
         ..ServerOptions::default()
     })
     .await?;
+    // One registration for two namespaces: in one the webhook patches, in the
+    // other (`skip: all`) it is called but returns no patch, which separates
+    // the cost of the call from the cost of applying the patch.
+    let group = unique_name("bench");
+    let grouped = |annotations: BTreeMap<String, String>| NamespaceOptions {
+        labels: BTreeMap::from([(GROUP_LABEL.to_owned(), group.clone())]),
+        annotations,
+    };
     let plain = TestNamespace::create(&client, "bench-plain", Default::default()).await?;
-    let hardened = TestNamespace::create(&client, "bench-webhook", Default::default()).await?;
-    let _registration = Registration::create(
+    let hardened =
+        TestNamespace::create(&client, "bench-webhook", grouped(BTreeMap::new())).await?;
+    let skipped = TestNamespace::create(
+        &client,
+        "bench-skip",
+        grouped(BTreeMap::from([(
+            ANNOTATION_SKIP.to_owned(),
+            "all".to_owned(),
+        )])),
+    )
+    .await?;
+    let _registration = Registration::create_for_label(
         &client,
         &server.target(),
-        &hardened,
+        (GROUP_LABEL, &group),
         RegisterOptions::default(),
     )
     .await?;
     wait_until_hardening(&hardened).await?;
-    let (plain_api, hardened_api) = (plain.pods(), hardened.pods());
+    let arms = [
+        ("not registered", plain.pods(), false),
+        (
+            "registered, namespace opted out (no patch)",
+            skipped.pods(),
+            false,
+        ),
+        ("registered, pod hardened", hardened.pods(), true),
+    ];
 
     for i in 0..WARM_UP {
-        timed_create(&plain_api, &format!("warm-{i}"), false).await?;
-        timed_create(&hardened_api, &format!("warm-{i}"), true).await?;
+        for (_, api, hardens) in &arms {
+            timed_create(api, &format!("warm-{i}"), *hardens).await?;
+        }
     }
-    let mut without = Vec::with_capacity(creates);
-    let mut with = Vec::with_capacity(creates);
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(creates); arms.len()];
     for i in 0..creates {
-        // Alternate which side goes first, so neither always follows the other.
+        // Rotate which arm goes first, so none always follows another.
         let name = format!("pod-{i}");
-        if i % 2 == 0 {
-            without.push(timed_create(&plain_api, &name, false).await?);
-            with.push(timed_create(&hardened_api, &name, true).await?);
-        } else {
-            with.push(timed_create(&hardened_api, &name, true).await?);
-            without.push(timed_create(&plain_api, &name, false).await?);
+        for k in 0..arms.len() {
+            let arm = (i + k) % arms.len();
+            let (_, api, hardens) = &arms[arm];
+            samples[arm].push(timed_create(api, &name, *hardens).await?);
         }
     }
 
-    let without = summarize(&mut without);
-    let with = summarize(&mut with);
+    let summaries: Vec<Summary> = samples.iter_mut().map(|s| summarize(s)).collect();
     println!("pod CREATE latency, {creates} creates each (after {WARM_UP} warm-up), milliseconds");
     println!();
     println!("| webhook | median | p90 | p99 | mean |");
     println!("|---|---|---|---|---|");
-    for (label, s) in [("not registered", &without), ("registered", &with)] {
+    for ((label, _, _), s) in arms.iter().zip(&summaries) {
         println!(
             "| {label} | {} | {} | {} | {} |",
             ms(s.median),
@@ -122,7 +149,37 @@ async fn main() -> Result<()> {
             ms(s.mean)
         );
     }
+    let (without, called, with) = (&summaries[0], &summaries[1], &summaries[2]);
     println!();
+    // What the server itself spent per review, to tell its share of the added
+    // time from the API server's (encoding the review, applying the patch).
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(format!("http://127.0.0.1:{}/metrics", server.health_port))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let metric = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+    };
+    if let (Some(sum), Some(count)) = (
+        metric("kube_hardener_review_duration_seconds_sum"),
+        metric("kube_hardener_review_duration_seconds_count"),
+    ) && count > 0.0
+    {
+        println!(
+            "server-side review time: mean {:.1} µs over {count} reviews",
+            sum / count * 1e6
+        );
+    }
+    println!(
+        "added median of the call alone (opted out): {} ms",
+        ms(called.median.saturating_sub(without.median))
+    );
     println!(
         "added median: {} ms; ratio of medians: {:.2}; added p99: {} ms",
         ms(with.median.saturating_sub(without.median)),

@@ -26,7 +26,10 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 pub use pki::Pki;
-pub use server::{Certificate, LocalWebhook, ServerOptions, kube_hardener_bin, workspace_root};
+pub use server::{
+    Certificate, LocalWebhook, ServerOptions, kube_hardener_bin, kube_hardener_command,
+    workspace_root,
+};
 
 /// Label put on every test namespace; each test's webhook selects only its own.
 pub const NAMESPACE_LABEL: &str = "e2e.kube-hardener.io/namespace";

@@ -66,6 +66,20 @@ fn locate_or_build() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A command running the binary under test. Every `KUBE_HARDENER_*` variable
+/// is configuration to kube-hardener (an unknown key stops it), so the suite's
+/// own variables (`KUBE_HARDENER_BIN`, `KUBE_HARDENER_E2E_WEBHOOK`, ...) are
+/// removed from its environment.
+pub fn kube_hardener_command() -> Result<Command> {
+    let mut command = Command::new(kube_hardener_bin()?);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KUBE_HARDENER_") {
+            command.env_remove(key);
+        }
+    }
+    Ok(command)
+}
+
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
     Ok(listener.local_addr()?.port())
@@ -128,7 +142,7 @@ impl LocalWebhook {
             None => server.rotate()?,
         }
 
-        let mut command = Command::new(&bin);
+        let mut command = kube_hardener_command()?;
         command.arg("serve");
         if !options.config_toml.is_empty() {
             let config = server.dir.path().join("config.toml");

@@ -11,8 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
     NamespaceOptions, RegisterOptions, Registration, TestNamespace, any_webhook,
-    applied_annotation, client, kube_hardener_bin, plain_pod, pod, to_json, unique_name,
-    wait_until_hardening,
+    applied_annotation, client, plain_pod, pod, to_json, unique_name, wait_until_hardening,
 };
 
 const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
@@ -78,7 +77,7 @@ fn preview(manifest: &Value, namespace: &str) -> Result<(Value, Vec<String>)> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("pod.json");
     std::fs::write(&file, serde_json::to_vec_pretty(manifest)?)?;
-    let output = std::process::Command::new(kube_hardener_bin()?)
+    let output = kube_hardener_e2e::kube_hardener_command()?
         .args(["preview", "-o", "json", "--namespace", namespace])
         .arg(&file)
         .output()?;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::DeleteParams;
-use kube_hardener_e2e::{client, kube_hardener_bin, workspace_root};
+use kube_hardener_e2e::{client, workspace_root};
 use serde_json::Value;
 
 const NAMESPACE: &str = "kube-hardener";
@@ -229,7 +229,7 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
         copy_tree(&deploy, &copy)?;
         let generated = copy.join("overlays/self-signed/generated");
         let _ = std::fs::remove_dir_all(&generated);
-        run(Command::new(kube_hardener_bin()?)
+        run(kube_hardener_e2e::kube_hardener_command()?
             .args(["certs", "--out-dir"])
             .arg(&generated))?;
         let stdout = dry_run_apply(&["-k"], &copy.join("overlays/self-signed"))?;

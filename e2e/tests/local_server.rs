@@ -283,7 +283,7 @@ async fn certificate_from_kube_hardener_certs_is_trusted_by_the_api_server() -> 
     // The self-signed install path end to end: the Secret and caBundle written by
     // `kube-hardener certs`, served by the webhook and verified by the API server.
     let out = tempfile::tempdir()?;
-    let status = std::process::Command::new(kube_hardener_e2e::kube_hardener_bin()?)
+    let status = kube_hardener_e2e::kube_hardener_command()?
         .args(["certs", "--san", "127.0.0.1", "--out-dir"])
         .arg(out.path())
         .status()?;
