@@ -160,19 +160,20 @@ impl NamespaceSource {
     }
 }
 
-/// Keeps only the name and the annotations this webhook reads.
+/// Keeps only the name and the annotations this webhook reads. The store's
+/// keys compare by name alone, so dropping uid and resourceVersion is safe.
 fn trim(meta: &mut NamespaceMeta) {
-    let metadata = &mut meta.metadata;
-    metadata.managed_fields = None;
-    metadata.labels = None;
-    metadata.owner_references = None;
-    metadata.finalizers = None;
-    if let Some(annotations) = &mut metadata.annotations {
+    let metadata = std::mem::take(&mut meta.metadata);
+    let annotations = metadata.annotations.and_then(|mut annotations| {
         annotations.retain(|key, _| key.starts_with(KEPT_ANNOTATION_PREFIX));
-        if annotations.is_empty() {
-            metadata.annotations = None;
-        }
-    }
+        (!annotations.is_empty()).then_some(annotations)
+    });
+    meta.metadata = kube::core::ObjectMeta {
+        name: metadata.name,
+        annotations,
+        ..kube::core::ObjectMeta::default()
+    };
+    meta.types = None;
 }
 
 #[cfg(test)]
@@ -235,7 +236,11 @@ mod tests {
             ],
         );
         meta.metadata.labels = Some(BTreeMap::from([("a".to_owned(), "b".to_owned())]));
+        meta.metadata.uid = Some("0b0c".to_owned());
+        meta.metadata.resource_version = Some("42".to_owned());
         trim(&mut meta);
+        assert_eq!(meta.metadata.uid, None);
+        assert_eq!(meta.metadata.resource_version, None);
         assert_eq!(
             meta.metadata.annotations,
             Some(BTreeMap::from([(
