@@ -116,17 +116,19 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         let cpu_per_review_us = cpu * 1e6 / sat.latencies.len().max(1) as f64;
         let in_server = server.mean_review_us().await?;
         let half_rate = sat.rate() / 2.0;
+        let buckets_before = server.histogram().await?;
         let mut half = paced(&server, &pki, settings.connections, half_rate, phase).await?;
+        let server_p99 = quantile_upper_bound(&buckets_before, &server.histogram().await?, 0.99);
         let hwm = server.hwm_kib()?;
         let exit = server.stop().await?;
         println!(
             "workers={workers}: server CPU {cpu_per_review_us:.1} µs per review (= {:.0} reviews/s per fully used core), \
-             {in_server:.1} µs mean in the handler",
+             {in_server:.1} µs mean in the handler; at half load the handler's p99 is ≤ {server_p99}",
             1e6 / cpu_per_review_us
         );
         println!(
             "workers={workers}: saturation {:.0} reviews/s (p50 {:.2} ms, p99 {:.2} ms, {} errors) | \
-             at {:.0}/s: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} sent, {} errors) | \
+             at {:.0}/s: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms from send; p99 {:.3} ms from schedule ({} sent, {} errors) | \
              RSS idle {:.1} MiB, under load {:.1} MiB (peak {:.1} MiB) | SIGTERM exit: {exit}",
             sat.rate(),
             sat.percentile(0.50),
@@ -136,6 +138,7 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
             half.percentile(0.50),
             half.percentile(0.99),
             half.percentile(1.0),
+            half.from_due_percentile(0.99),
             half.latencies.len(),
             half.errors,
             kib_to_mib(idle),
@@ -300,6 +303,21 @@ impl Server {
         proc_status_kib(self.pid(), "VmHWM:")
     }
 
+    /// Cumulative bucket counts of the review-duration histogram, by bound.
+    async fn histogram(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        let text = http_get(self.health, "/metrics").await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("kube_hardener_review_duration_seconds_bucket{le=\"")
+            })
+            .filter_map(|rest| {
+                let (bound, count) = rest.split_once("\"} ")?;
+                Some((bound.to_owned(), count.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
     /// Mean of the server's own review-duration histogram, in µs.
     async fn mean_review_us(&self) -> anyhow::Result<f64> {
         let sum: f64 = self
@@ -350,6 +368,26 @@ fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("{field} missing in /proc/{pid}/status"))
+}
+
+/// The smallest bucket bound holding quantile `q` of the reviews counted
+/// between two histogram snapshots.
+fn quantile_upper_bound(before: &[(String, f64)], after: &[(String, f64)], q: f64) -> String {
+    let deltas: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(bound, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| b == bound)
+                .map_or(0.0, |(_, c)| *c);
+            (bound.as_str(), count - earlier)
+        })
+        .collect();
+    let total = deltas.last().map_or(0.0, |(_, count)| *count);
+    deltas
+        .iter()
+        .find(|(_, count)| *count >= total * q)
+        .map_or_else(|| "?".to_owned(), |(bound, _)| format!("{bound} s"))
 }
 
 /// User + system CPU time the process has used, in seconds.
@@ -488,6 +526,9 @@ struct Run {
     elapsed: Duration,
     /// Microseconds per completed review.
     latencies: Vec<u64>,
+    /// Paced runs only: microseconds from the moment a review was due, which
+    /// adds the load generator's timer lateness (Tokio timers tick in ms).
+    from_due: Vec<u64>,
     errors: u64,
 }
 
@@ -506,8 +547,18 @@ impl Run {
         self.latencies[index.min(self.latencies.len() - 1)] as f64 / 1000.0
     }
 
+    fn from_due_percentile(&mut self, q: f64) -> f64 {
+        if self.from_due.is_empty() {
+            return f64::NAN;
+        }
+        self.from_due.sort_unstable();
+        let index = ((self.from_due.len() - 1) as f64 * q).round() as usize;
+        self.from_due[index.min(self.from_due.len() - 1)] as f64 / 1000.0
+    }
+
     fn merge(&mut self, other: Run) {
         self.latencies.extend(other.latencies);
+        self.from_due.extend(other.from_due);
         self.errors += other.errors;
     }
 }
@@ -588,8 +639,12 @@ async fn paced(
                 if Instant::now() >= deadline {
                     break;
                 }
+                let sent = Instant::now();
                 match conn.review().await {
-                    Ok(true) => run.latencies.push(due.elapsed().as_micros() as u64),
+                    Ok(true) => {
+                        run.latencies.push(sent.elapsed().as_micros() as u64);
+                        run.from_due.push(due.elapsed().as_micros() as u64);
+                    }
                     Ok(false) => run.errors += 1,
                     Err(_) => {
                         run.errors += 1;
