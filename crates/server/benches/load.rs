@@ -138,7 +138,7 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
             half.percentile(0.50),
             half.percentile(0.99),
             half.percentile(1.0),
-            half.from_due_percentile(0.99),
+            half.due_percentile(0.99),
             half.latencies.len(),
             half.errors,
             kib_to_mib(idle),
@@ -547,7 +547,7 @@ impl Run {
         self.latencies[index.min(self.latencies.len() - 1)] as f64 / 1000.0
     }
 
-    fn from_due_percentile(&mut self, q: f64) -> f64 {
+    fn due_percentile(&mut self, q: f64) -> f64 {
         if self.from_due.is_empty() {
             return f64::NAN;
         }
