@@ -30,7 +30,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Every subcommand starts from a validated configuration, so a typo in a
     // key fails the same way in CI (preview) as at deployment (serve).
-    let config = match kube_hardener_config::Config::load(cli.config.as_deref()) {
+    // An empty KUBE_HARDENER_CONFIG (a blank Helm value) means no file.
+    let file = cli.config.as_deref().filter(|p| !p.as_os_str().is_empty());
+    let config = match kube_hardener_config::Config::load(file) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("kube-hardener: {error}");

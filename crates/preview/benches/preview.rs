@@ -10,7 +10,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use kube_hardener_config::Config;
 use kube_hardener_preview::{
     ColorChoice, Format, Options, PreviewArgs, Source, evaluate, parse, preview, preview_policy,
-    render,
+    render_owned,
 };
 
 const PODS: usize = 10_000;
@@ -157,13 +157,17 @@ fn bench(c: &mut Criterion) {
         ("render_json", Format::Json),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| {
-                black_box(
-                    render(&reports, format, false)
-                        .map(|o| o.len())
-                        .unwrap_or_default(),
-                )
-            });
+            b.iter_batched(
+                || reports.clone(),
+                |reports| {
+                    black_box(
+                        render_owned(reports, format, false)
+                            .map(|o| o.len())
+                            .unwrap_or_default(),
+                    )
+                },
+                BatchSize::LargeInput,
+            );
         });
     }
     group.finish();

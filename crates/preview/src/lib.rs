@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 pub use input::{Document, Location, MAX_INPUT_BYTES, STDIN_NAME, Source, parse, read_inputs};
 pub use process::{DocumentReport, ObjectReport, Options, evaluate};
-pub use render::{Format, render, unchanged_reason};
+pub use render::{Format, render, render_owned, unchanged_reason};
 
 use kube_hardener_config::Config;
 use kube_hardener_engine::Policy;
@@ -210,7 +210,7 @@ pub fn preview(
         .iter()
         .flat_map(|r| &r.objects)
         .any(ObjectReport::changed);
-    let output = render(&reports, args.output, color)?;
+    let output = render_owned(reports, args.output, color)?;
     Ok(Preview { output, changed })
 }
 

@@ -112,7 +112,12 @@ impl DocumentReport {
 
     /// The document as it would be stored: mutated objects, a List kept as a List.
     pub fn mutated(&self) -> Result<Value, PreviewError> {
-        let mut document = self.original.clone();
+        self.clone().into_mutated()
+    }
+
+    /// [`DocumentReport::mutated`] without copying the document.
+    pub fn into_mutated(self) -> Result<Value, PreviewError> {
+        let mut document = self.original;
         for object in self.objects.iter().filter(|o| o.changed()) {
             let target = match object.location.item {
                 Some(item) => document

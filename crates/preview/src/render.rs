@@ -42,6 +42,24 @@ pub fn render(
     }
 }
 
+/// [`render`] taking the reports by value, which spares `yaml` a copy of
+/// every document.
+pub fn render_owned(
+    reports: Vec<DocumentReport>,
+    format: Format,
+    color: bool,
+) -> Result<String, PreviewError> {
+    if format != Format::Yaml {
+        return render(&reports, format, color);
+    }
+    let mut out = String::new();
+    for report in reports {
+        out.push_str("---\n");
+        crate::yaml::write_document(&mut out, &report.into_mutated()?);
+    }
+    Ok(out)
+}
+
 fn objects(reports: &[DocumentReport]) -> impl Iterator<Item = &ObjectReport> {
     reports.iter().flat_map(|r| r.objects.iter())
 }
@@ -160,12 +178,7 @@ fn to_yaml(value: &Value) -> String {
 }
 
 fn yaml(reports: &[DocumentReport]) -> Result<String, PreviewError> {
-    let mut out = String::new();
-    for report in reports {
-        out.push_str("---\n");
-        crate::yaml::write_document(&mut out, &report.mutated()?);
-    }
-    Ok(out)
+    render_owned(reports.to_vec(), Format::Yaml, false)
 }
 
 const RED: &str = "\x1b[31m";
@@ -401,6 +414,10 @@ mod tests {
     #[test]
     fn yaml_keeps_lists_and_order() {
         let out = render(&reports(), Format::Yaml, false).expect("renders");
+        assert_eq!(
+            render_owned(reports(), Format::Yaml, false).expect("renders"),
+            out
+        );
         let docs: Vec<Value> = serde_norway::Deserializer::from_str(&out)
             .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
             .collect();
