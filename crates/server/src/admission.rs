@@ -519,6 +519,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, decoding answers Ok or a typed error; it never panics.
+        #[test]
+        fn parse_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&body);
+        }
+
+        /// Any uid the API server sends comes back byte for byte, and the
+        /// patch survives base64 unchanged.
+        #[test]
+        fn uid_and_patch_round_trip(uid in "\\PC{1,64}", patch in proptest::collection::vec(proptest::num::u8::ANY, 1..256)) {
+            let body = review_json(json!({"uid": uid}));
+            let review = parse(&body).unwrap();
+            proptest::prop_assert_eq!(&review.uid, &uid);
+            let answer = Answer { patch: Some(patch.clone()), ..Answer::default() };
+            let out: serde_json::Value = serde_json::from_slice(&render(&review.uid, &answer).unwrap()).unwrap();
+            proptest::prop_assert_eq!(out["response"]["uid"].as_str(), Some(uid.as_str()));
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(out["response"]["patch"].as_str().unwrap())
+                .unwrap();
+            proptest::prop_assert_eq!(decoded, patch);
+        }
+    }
+
     #[test]
     fn response_carries_patch_only_when_present() {
         let answer = Answer {
