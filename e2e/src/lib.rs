@@ -396,6 +396,50 @@ pub async fn wait_until_hardening(namespace: &TestNamespace) -> Result<()> {
     )
 }
 
+/// `kubectl` from `KUBECTL`, else from PATH (e2e/controlplane/up.sh puts the
+/// pinned build first). Used where the client's behaviour is part of the
+/// test: admission warnings, kustomize, server-side apply.
+pub fn kubectl() -> std::process::Command {
+    std::process::Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
+}
+
+/// Creates `manifest` in `namespace` with kubectl and returns (stored object,
+/// the admission warnings kubectl printed). `dry_run` stores nothing.
+pub fn kubectl_create(
+    namespace: &str,
+    manifest: &Value,
+    dry_run: bool,
+) -> Result<(Value, Vec<String>)> {
+    use std::io::Write;
+    let mut command = kubectl();
+    command.args(["create", "--namespace", namespace, "-o", "json", "-f", "-"]);
+    if dry_run {
+        command.arg("--dry-run=server");
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running kubectl create")?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(&serde_json::to_vec(manifest)?)?;
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("kubectl create failed: {stderr}");
+    }
+    let warnings = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("Warning: "))
+        .map(str::to_owned)
+        .collect();
+    Ok((serde_json::from_slice(&output.stdout)?, warnings))
+}
+
 /// JSON view of a typed object, for comparisons with the engine's JSON output.
 pub fn to_json<T: serde::Serialize>(object: &T) -> Result<Value> {
     serde_json::to_value(object).context("serializing to JSON")

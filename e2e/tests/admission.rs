@@ -559,3 +559,42 @@ async fn namespace_annotation_added_after_start_up_takes_effect_without_restart(
     assert_eq!(after["spec"]["securityContext"], json!({}));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_namespace_admits_pods_unchanged_and_warns() -> Result<()> {
+    let client = client().await?;
+    let (target, _server) = any_webhook(&client).await?;
+    let annotations = BTreeMap::from([("kube-hardener.io/mode".to_owned(), "audit".to_owned())]);
+    let ns = TestNamespace::create(
+        &client,
+        "audit",
+        NamespaceOptions {
+            annotations,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let _registration =
+        Registration::create(&client, &target, &ns, RegisterOptions::default()).await?;
+    // The warning itself shows that the webhook is in effect.
+    let expected = "kube-hardener audit mode: would set runAsNonRoot,seccompProfile,allowPrivilegeEscalation,capabilities,readOnlyRootFilesystem";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, warnings) = kube_hardener_e2e::kubectl_create(&ns.name, &plain_pod("probe"), true)?;
+        if warnings.iter().any(|w| w == expected) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no audit warning within 30 s: {warnings:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (stored, warnings) =
+        kube_hardener_e2e::kubectl_create(&ns.name, &plain_pod("audited"), false)?;
+    assert!(warnings.iter().any(|w| w == expected), "{warnings:?}");
+    assert_eq!(stored["metadata"].get("annotations"), None, "{stored:#}");
+    assert_eq!(stored["spec"]["securityContext"], json!({}));
+    assert_eq!(stored["spec"]["containers"][0].get("securityContext"), None);
+    Ok(())
+}

@@ -2,24 +2,17 @@
 //! version: every object is accepted by the API server in a server-side
 //! dry-run apply (schema, validation and admission, Pod Security included).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::DeleteParams;
-use kube_hardener_e2e::{client, workspace_root};
+use kube_hardener_e2e::{client, kubectl, workspace_root};
 use serde_json::Value;
 
 const NAMESPACE: &str = "kube-hardener";
-
-/// `kubectl` from PATH (e2e/controlplane/up.sh puts the pinned build first) or `KUBECTL`.
-fn kubectl() -> PathBuf {
-    std::env::var_os("KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"))
-}
 
 fn run(command: &mut Command) -> Result<Output> {
     let output = command
@@ -39,7 +32,7 @@ fn run(command: &mut Command) -> Result<Output> {
 /// Conflicts are forced: where kube-hardener is deployed, another field
 /// manager owns the objects, and a dry run changes nothing anyway.
 fn dry_run_apply(args: &[&str], source: &Path) -> Result<String> {
-    let output = run(Command::new(kubectl())
+    let output = run(kubectl()
         .args([
             "apply",
             "--server-side",
@@ -113,7 +106,7 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
 /// have: the rest of the overlay goes through the API server, and the
 /// cert-manager objects are checked against what the base relies on.
 fn check_cert_manager_overlay(deploy: &Path, work: &Path) -> Result<()> {
-    let rendered = run(Command::new(kubectl())
+    let rendered = run(kubectl()
         .arg("kustomize")
         .arg(deploy.join("overlays/cert-manager")))?;
     let docs = documents(&String::from_utf8(rendered.stdout)?)?;
@@ -207,7 +200,7 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
     // where kube-hardener is deployed) and remove it again afterwards.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let created_namespace = if namespaces.get_opt(NAMESPACE).await?.is_none() {
-        run(Command::new(kubectl())
+        run(kubectl()
             .args([
                 "apply",
                 "--server-side",
@@ -236,7 +229,7 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
         assert_applied(&stdout, &BASE_OBJECTS);
         assert_applied(&stdout, &["secret/kube-hardener-tls"]);
 
-        let rendered = run(Command::new(kubectl())
+        let rendered = run(kubectl()
             .arg("kustomize")
             .arg(copy.join("overlays/self-signed")))?;
         let docs = documents(&String::from_utf8(rendered.stdout)?)?;

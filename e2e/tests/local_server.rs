@@ -312,3 +312,48 @@ async fn certificate_from_kube_hardener_certs_is_trusted_by_the_api_server() -> 
     assert!(applied_annotation(&stored).is_some());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_audit_mode_patches_nothing_unless_a_namespace_enforces() -> Result<()> {
+    let server = LocalWebhook::start(ServerOptions {
+        env: vec![("KUBE_HARDENER_SERVER__AUDIT".into(), "true".into())],
+        ..ServerOptions::default()
+    })
+    .await?;
+    let client = client().await?;
+    let group = kube_hardener_e2e::unique_name("audit");
+    let grouped = |annotations: std::collections::BTreeMap<String, String>| {
+        kube_hardener_e2e::NamespaceOptions {
+            labels: [("e2e.kube-hardener.io/group".to_owned(), group.clone())].into(),
+            annotations,
+        }
+    };
+    let enforced = TestNamespace::create(
+        &client,
+        "enforce",
+        grouped([("kube-hardener.io/mode".to_owned(), "enforce".to_owned())].into()),
+    )
+    .await?;
+    let audited = TestNamespace::create(&client, "audited", grouped(Default::default())).await?;
+    let _registration = Registration::create_for_label(
+        &client,
+        &server.target(),
+        ("e2e.kube-hardener.io/group", &group),
+        RegisterOptions::default(),
+    )
+    .await?;
+    // Hardening in the enforcing namespace proves the registration is in effect for both.
+    wait_until_hardening(&enforced).await?;
+
+    let (stored, warnings) =
+        kube_hardener_e2e::kubectl_create(&audited.name, &plain_pod("audited"), false)?;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("kube-hardener audit mode: would set ")),
+        "{warnings:?}"
+    );
+    assert_eq!(stored["spec"]["securityContext"], json!({}));
+    assert_eq!(stored["spec"]["containers"][0].get("securityContext"), None);
+    Ok(())
+}
