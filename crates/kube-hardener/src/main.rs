@@ -9,8 +9,8 @@ mod certs;
 #[derive(Debug, Parser)]
 #[command(name = "kube-hardener", version)]
 struct Cli {
-    /// Configuration file layered over the embedded default.
-    #[arg(long, global = true, env = "KUBE_HARDENER_CONFIG")]
+    /// Configuration file layered over the embedded default [env: KUBE_HARDENER_CONFIG].
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -30,9 +30,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Every subcommand starts from a validated configuration, so a typo in a
     // key fails the same way in CI (preview) as at deployment (serve).
-    // An empty KUBE_HARDENER_CONFIG (a blank Helm value) means no file.
-    let file = cli.config.as_deref().filter(|p| !p.as_os_str().is_empty());
-    let config = match kube_hardener_config::Config::load(file) {
+    // Read here rather than by clap so that an empty KUBE_HARDENER_CONFIG (a
+    // blank Helm value) means "no file" instead of a usage error.
+    let file = cli.config.or_else(|| {
+        std::env::var_os(kube_hardener_config::ENV_CONFIG_FILE)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    });
+    let config = match kube_hardener_config::Config::load(file.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("kube-hardener: {error}");

@@ -248,7 +248,10 @@ fn diff_is_plain_when_piped_and_coloured_on_request() {
     assert!(plain.contains("\n+  securityContext:\n"), "{plain}");
     let coloured = ok(&["-o", "diff", "--color", "always", "inputs/mixed.yaml"]);
     assert!(coloured.contains("\x1b[32m+"), "{coloured}");
-    assert!(coloured.starts_with("\x1b[1m--- Pod default/plain"), "{coloured}");
+    assert!(
+        coloured.starts_with("\x1b[1m--- Pod default/plain"),
+        "{coloured}"
+    );
     let never = ok(&["-o", "diff", "--color", "never", "inputs/mixed.yaml"]);
     assert_eq!(never, plain);
 }
@@ -702,4 +705,36 @@ fn quick_start_hardens_the_shipped_examples() {
         applied("nightly-report"),
         ["runAsNonRoot", "seccompProfile", "allowPrivilegeEscalation"]
     );
+}
+
+#[test]
+fn every_subcommand_refuses_a_bad_configuration() {
+    for subcommand in ["serve", "preview"] {
+        let stderr = bad(kh()
+            .arg(subcommand)
+            .env("KUBE_HARDENER_HARDENING__FS_GROUP", "0")
+            .env("KUBE_HARDENER_SERVER__LISTEN", "nowhere")
+            .write_stdin(POD));
+        assert_eq!(
+            stderr.lines().collect::<Vec<_>>(),
+            vec![
+                "kube-hardener: invalid configuration:",
+                "  - key `hardening.fs_group` (from environment variable \
+                 KUBE_HARDENER_HARDENING__FS_GROUP): must be between 1 and 2147483647, got 0 \
+                 (0 is root: injecting it would defeat the purpose)",
+                "  - key `server.listen` (from environment variable KUBE_HARDENER_SERVER__LISTEN): \
+                 `nowhere` is not an IP:port address (e.g. 0.0.0.0:8443 or [::]:8443)",
+            ],
+            "{subcommand}"
+        );
+    }
+}
+
+#[test]
+fn empty_config_variable_means_no_file() {
+    let out = run(kh()
+        .args(["preview", "--exit-code", "-"])
+        .env("KUBE_HARDENER_CONFIG", "")
+        .write_stdin(POD));
+    assert_eq!(out.code, 1, "{}", out.stderr);
 }
