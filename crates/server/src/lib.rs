@@ -78,6 +78,7 @@ pub fn run(args: &ServeArgs, config: Config) -> anyhow::Result<()> {
     let mut config = config;
     args.apply(&mut config.server);
     logging::init(&config.server)?;
+    tls::check_files(&config.server.tls_cert, &config.server.tls_key)?;
 
     let system = actix_web::rt::System::new();
     system.block_on(async move {

@@ -20,25 +20,25 @@ use crate::metrics::{Metrics, ResultLabels};
 /// A certificate/key pair that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{} is not valid PEM: {source}", path.display())]
+    #[error("{} is not valid PEM: {cause}", path.display())]
     Pem {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{} holds no PEM certificate", path.display())]
     NoCertificate { path: PathBuf },
     #[error("{} holds no PEM private key", path.display())]
     NoKey { path: PathBuf },
-    #[error("the key in {} cannot be used with the certificate in {}: {source}", key.display(), cert.display())]
+    #[error("the key in {} cannot be used with the certificate in {}: {cause}", key.display(), cert.display())]
     Unusable {
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     #[error("the certificate in {} cannot be parsed: {message}", path.display())]
     Certificate { path: PathBuf, message: String },
@@ -64,9 +64,9 @@ pub(crate) fn load_pair(
 ) -> Result<LoadedPair, TlsError> {
     let chain = rustls_pemfile::certs(&mut BufReader::new(cert_pem))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
+        .map_err(|cause| TlsError::Pem {
             path: cert_path.to_owned(),
-            source,
+            cause,
         })?;
     let Some(leaf) = chain.first() else {
         return Err(TlsError::NoCertificate {
@@ -83,32 +83,50 @@ pub(crate) fn load_pair(
         .not_after
         .timestamp();
     let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem))
-        .map_err(|source| TlsError::Pem {
+        .map_err(|cause| TlsError::Pem {
             path: key_path.to_owned(),
-            source,
+            cause,
         })?
         .ok_or_else(|| TlsError::NoKey {
             path: key_path.to_owned(),
         })?;
     let certified =
-        CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Unusable {
+        CertifiedKey::from_der(chain, key, provider).map_err(|cause| TlsError::Unusable {
             cert: cert_path.to_owned(),
             key: key_path.to_owned(),
-            source,
+            cause,
         })?;
     // `from_der` lets a key whose public half it cannot derive through; demand
     // a positive match instead.
-    certified
-        .keys_match()
-        .map_err(|source| TlsError::Unusable {
-            cert: cert_path.to_owned(),
-            key: key_path.to_owned(),
-            source,
-        })?;
+    certified.keys_match().map_err(|cause| TlsError::Unusable {
+        cert: cert_path.to_owned(),
+        key: key_path.to_owned(),
+        cause,
+    })?;
     Ok(LoadedPair {
         key: Arc::new(certified),
         not_after_unix,
     })
+}
+
+/// Reads and checks a pair without serving it, so start-up can fail on a bad
+/// Secret before anything else (such as connecting to the API server) happens.
+pub(crate) fn check_files(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|cause| TlsError::Read {
+            path: path.to_owned(),
+            cause,
+        })
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    load_pair(
+        cert_path,
+        &read(cert_path)?,
+        key_path,
+        &read(key_path)?,
+        &provider,
+    )
+    .map(|_| ())
 }
 
 /// Serves whatever pair is current; swapped by [`CertReloader`].
@@ -161,13 +179,13 @@ impl CertReloader {
         metrics: Arc<Metrics>,
     ) -> Result<(CertReloader, rustls::ServerConfig), TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cert_pem = std::fs::read(cert_path).map_err(|source| TlsError::Read {
+        let cert_pem = std::fs::read(cert_path).map_err(|cause| TlsError::Read {
             path: cert_path.to_owned(),
-            source,
+            cause,
         })?;
-        let key_pem = std::fs::read(key_path).map_err(|source| TlsError::Read {
+        let key_pem = std::fs::read(key_path).map_err(|cause| TlsError::Read {
             path: key_path.to_owned(),
-            source,
+            cause,
         })?;
         let pair = load_pair(cert_path, &cert_pem, key_path, &key_pem, &provider)?;
         metrics.cert_expiry.set(pair.not_after_unix as f64);
