@@ -32,7 +32,9 @@ Objects: Pods and the pod templates of Deployment, StatefulSet, DaemonSet,
 ReplicaSet, Job and CronJob are hardened; every other kind passes through
 unchanged. Workload templates are always shown hardened, whatever
 `hardening.mutate_workloads` says: the pods they create receive these changes
-from the webhook either way.
+from the webhook either way. Audit mode (`server.audit`, the namespace
+annotation kube-hardener.io/mode) does not change the preview: it shows what
+enforcing would inject.
 
 Namespaces: a Namespace object in the input supplies the annotations (e.g.
 kube-hardener.io/skip) of objects in that namespace; --namespace-annotation
