@@ -1009,3 +1009,62 @@ async fn bind_errors_name_the_key() {
         "{error}"
     );
 }
+
+#[actix_web::test]
+async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
+    let server = start_default().await;
+    // One answered request, then the connection stays open and idle, as the
+    // API server's connection pool keeps it.
+    let body = serde_json::to_vec(&captured_review()).unwrap();
+    let mut idle = server.tls().await;
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    idle.write_all(head.as_bytes()).await.unwrap();
+    idle.write_all(&body).await.unwrap();
+    let mut first = Vec::new();
+    let mut chunk = [0_u8; 8192];
+    while !first.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tokio::io::AsyncReadExt::read(&mut idle, &mut chunk)
+            .await
+            .unwrap();
+        assert!(read > 0, "connection closed before the response");
+        first.extend_from_slice(&chunk[..read]);
+    }
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+
+    let started = std::time::Instant::now();
+    server.stop().await.unwrap();
+    // Far below both the 120 s keep-alive and the 10 s shutdown timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_web::test]
+async fn concurrent_reviews_each_get_their_own_answer() {
+    let mut setup = Setup::new();
+    setup.config.server.workers = 2;
+    let server = setup.start().await;
+    let replies = futures::future::join_all((0..24).map(|i| {
+        let server = &server;
+        async move {
+            let ns = if i % 3 == 0 { "kube-system" } else { "team-a" };
+            let review = in_namespace(with_uid(captured_review(), &format!("uid-{i}")), ns);
+            (i, ns, server.post_review(&review).await.json())
+        }
+    }))
+    .await;
+    for (i, ns, body) in replies {
+        assert_eq!(response(&body)["uid"], format!("uid-{i}"));
+        assert_eq!(
+            decoded_patch(&body).is_some(),
+            ns == "team-a",
+            "uid-{i} in {ns}"
+        );
+    }
+    server.stop().await.unwrap();
+}
