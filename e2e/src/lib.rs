@@ -380,20 +380,39 @@ pub async fn wait_until_hardening(namespace: &TestNamespace) -> Result<()> {
         dry_run: true,
         ..PostParams::default()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut last = String::from("no attempt");
-    while tokio::time::Instant::now() < deadline {
+    let what = format!("the webhook to take effect in namespace {}", namespace.name);
+    eventually(&what, Duration::from_secs(30), || async {
         match api.create(&dry_run, &probe).await {
-            Ok(created) if applied_annotation(&created).is_some() => return Ok(()),
-            Ok(_) => last = "pod admitted without the webhook's annotation".to_owned(),
-            Err(error) => last = error.to_string(),
+            Ok(created) if applied_annotation(&created).is_some() => Ok(()),
+            Ok(_) => Err("pod admitted without the webhook's annotation".to_owned()),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await
+}
+
+/// Polls `check` every 200 ms until it returns `Ok`, for state the API server
+/// or the webhook picks up asynchronously (configurations, watches, files).
+/// Fails after `timeout` with `what` and the last observation (`check`'s `Err`).
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(()) => return Ok(()),
+            Err(observation) => observation,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "waited {} s for {what}; last seen: {last}",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!(
-        "the webhook did not take effect in namespace {} within 30 s: {last}",
-        namespace.name
-    )
 }
 
 /// `kubectl` from `KUBECTL`, else from PATH (e2e/controlplane/up.sh puts the

@@ -11,11 +11,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
     NamespaceOptions, RegisterOptions, Registration, TestNamespace, any_webhook,
-    applied_annotation, client, plain_pod, pod, to_json, unique_name, wait_until_hardening,
+    applied_annotation, client, eventually, plain_pod, pod, to_json, unique_name,
+    wait_until_hardening,
 };
+use serde_json::{Value, json};
 
 const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
-use serde_json::{Value, json};
 
 /// A namespace with the webhook registered for it and in effect.
 async fn hardened_namespace(
@@ -540,18 +541,24 @@ async fn namespace_annotation_added_after_start_up_takes_effect_without_restart(
         dry_run: true,
         ..PostParams::default()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let probe = api.create(&dry_run, &pod(plain_pod("after"))?).await?;
-        if applied_annotation(&probe).is_none() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the webhook still hardens 20 s after the namespace opted out"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the opt-out to reach the webhook",
+        Duration::from_secs(20),
+        || async {
+            match api
+                .create(
+                    &dry_run,
+                    &pod(plain_pod("after")).map_err(|e| e.to_string())?,
+                )
+                .await
+            {
+                Ok(probe) if applied_annotation(&probe).is_none() => Ok(()),
+                Ok(_) => Err("still hardened".to_owned()),
+                Err(error) => Err(error.to_string()),
+            }
+        },
+    )
+    .await?;
     let after = to_json(
         &api.create(&PostParams::default(), &pod(plain_pod("after"))?)
             .await?,
@@ -578,18 +585,16 @@ async fn audit_namespace_admits_pods_unchanged_and_warns() -> Result<()> {
         Registration::create(&client, &target, &ns, RegisterOptions::default()).await?;
     // The warning itself shows that the webhook is in effect.
     let expected = "kube-hardener audit mode: would set runAsNonRoot,seccompProfile,allowPrivilegeEscalation,capabilities,readOnlyRootFilesystem";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, warnings) = kube_hardener_e2e::kubectl_create(&ns.name, &plain_pod("probe"), true)?;
+    eventually("the audit warning", Duration::from_secs(30), || async {
+        let (_, warnings) = kube_hardener_e2e::kubectl_create(&ns.name, &plain_pod("probe"), true)
+            .map_err(|e| format!("{e:#}"))?;
         if warnings.iter().any(|w| w == expected) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("warnings {warnings:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no audit warning within 30 s: {warnings:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await?;
     let (stored, warnings) =
         kube_hardener_e2e::kubectl_create(&ns.name, &plain_pod("audited"), false)?;
     assert!(warnings.iter().any(|w| w == expected), "{warnings:?}");
