@@ -238,12 +238,27 @@ fn parse_json(source: &Source) -> Result<Vec<Document>, PreviewError> {
 }
 
 fn parse_yaml(source: &Source) -> Result<Vec<Document>, PreviewError> {
+    if let Some(documents) = parse_yaml_parallel(source) {
+        return Ok(documents);
+    }
+    parse_yaml_text(&source.text, &source.name).map(|(documents, _)| documents)
+}
+
+/// Parses `text` as a YAML stream; returns its non-empty documents and the
+/// number of documents counted (empty ones included).
+fn parse_yaml_text(text: &str, name: &str) -> Result<(Vec<Document>, usize), PreviewError> {
     // Merge keys (`<<: *base`) need the YAML value model; everything else
     // goes straight to JSON values, which is much faster on big inputs.
-    let has_merge_keys = source.text.contains("<<");
+    let has_merge_keys = text.contains("<<");
     let mut documents = Vec::new();
-    for (index, de) in serde_norway::Deserializer::from_str(&source.text).enumerate() {
-        let location = location(source, index + 1);
+    let mut count = 0;
+    for (index, de) in serde_norway::Deserializer::from_str(text).enumerate() {
+        count = index + 1;
+        let location = Location {
+            file: name.to_owned(),
+            document: index + 1,
+            item: None,
+        };
         let parse_error = |e: serde_norway::Error| PreviewError::Parse {
             location: location.clone(),
             format: "YAML",
@@ -264,7 +279,94 @@ fn parse_yaml(source: &Source) -> Result<Vec<Document>, PreviewError> {
             documents.push(Document { location, value });
         }
     }
-    Ok(documents)
+    Ok((documents, count))
+}
+
+/// Below this size one thread parses faster than several start.
+const PARALLEL_MIN_BYTES: usize = 1024 * 1024;
+const MAX_PARSE_THREADS: usize = 8;
+
+/// Parses a large stream on several threads, split at `---` lines.
+///
+/// A line starting with `---` at column 0 always starts a new document (YAML
+/// forbids it inside any scalar), and anchors do not cross documents, so the
+/// pieces parse to exactly the documents of the whole. `None` whenever that
+/// reasoning might not hold (directives, a first piece with no content) or a
+/// piece fails: the caller then parses serially, which also gives error
+/// messages their line numbers in the whole file.
+fn parse_yaml_parallel(source: &Source) -> Option<Vec<Document>> {
+    let text = source.text.as_str();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_PARSE_THREADS);
+    if threads < 2
+        || text.len() < PARALLEL_MIN_BYTES
+        || text.starts_with('%')
+        || text.contains("\n%")
+    {
+        return None;
+    }
+    let bounds = split_points(text, threads);
+    if bounds.len() < 3 {
+        return None;
+    }
+    // A first piece of only comments would count as one (empty) document on
+    // its own but as none in the whole stream.
+    let first = &text[..bounds[1]];
+    let has_content = first.lines().any(|line| {
+        let line = line.trim();
+        !line.is_empty() && !line.starts_with('#')
+    });
+    if !has_content {
+        return None;
+    }
+    let pieces: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+    let results: Vec<Option<(Vec<Document>, usize)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces
+            .iter()
+            .map(|piece| scope.spawn(|| parse_yaml_text(piece, &source.name).ok()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().ok().flatten())
+            .collect()
+    });
+    let mut documents = Vec::new();
+    let mut offset = 0;
+    for result in results {
+        let (mut piece_documents, count) = result?;
+        for document in &mut piece_documents {
+            document.location.document += offset;
+        }
+        documents.append(&mut piece_documents);
+        offset += count;
+    }
+    Some(documents)
+}
+
+/// Byte offsets `0 = b0 < b1 < … < len` cutting `text` into about `pieces`
+/// parts of similar size, each cut at the start of a `---` line.
+fn split_points(text: &str, pieces: usize) -> Vec<usize> {
+    let is_marker = |at: usize| {
+        let rest = &text.as_bytes()[at..];
+        rest.starts_with(b"---") && matches!(rest.get(3), None | Some(b'\n' | b'\r' | b' ' | b'\t'))
+    };
+    let mut bounds = vec![0];
+    for k in 1..pieces {
+        let target = text.len() * k / pieces;
+        let from = target.max(bounds.last().copied().unwrap_or(0) + 1);
+        let Some(tail) = text.get(from..) else { break };
+        let cut = tail
+            .match_indices("\n---")
+            .map(|(i, _)| from + i + 1)
+            .find(|&at| is_marker(at));
+        match cut {
+            Some(at) => bounds.push(at),
+            None => break,
+        }
+    }
+    bounds.push(text.len());
+    bounds
 }
 
 fn yaml_to_json(yaml: serde_norway::Value) -> Result<Value, String> {
@@ -385,6 +487,89 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("line 6 column 1"), "{message}");
+    }
+
+    /// The threaded parse gives exactly the serial parse's documents and
+    /// numbers, also with empty documents, `...` markers, block scalars,
+    /// anchors and a leading comment.
+    #[test]
+    fn parallel_parse_equals_serial_parse() {
+        let mut text = String::from("# generated\n");
+        for i in 0..4000 {
+            match i % 5 {
+                0 => text.push_str("---\n# only a comment\n"),
+                1 => text.push_str(&format!(
+                    "--- \nkind: ConfigMap\nmetadata: {{name: c{i}}}\ndata:\n  script: |\n    echo {i}\n    --not-a-marker\n...\n"
+                )),
+                2 => text.push_str(&format!(
+                    "---\nkind: Pod\nmetadata:\n  name: p{i}\n  labels: &l {{app: x}}\nspec:\n  x: *l\n  containers: [{{name: a, image: b}}]\n"
+                )),
+                _ => text.push_str(&format!("---\nkind: Service\nmetadata: {{name: s{i}}}\n")),
+            }
+        }
+        let text = text.repeat(5);
+        assert!(text.len() > PARALLEL_MIN_BYTES, "{}", text.len());
+        let source = Source {
+            name: "big.yaml".to_owned(),
+            text,
+            json: false,
+        };
+        let serial = parse_yaml_text(&source.text, &source.name)
+            .expect("serial")
+            .0;
+        let parallel = parse_yaml_parallel(&source);
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            let parallel = parallel.expect("parallel path taken");
+            assert_eq!(parallel.len(), serial.len());
+            for (p, s) in parallel.iter().zip(&serial) {
+                assert_eq!(p.location, s.location);
+                assert_eq!(p.value, s.value);
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_parse_falls_back_for_errors_and_directives() {
+        let good = "---\nkind: Service\nmetadata: {name: s}\n".repeat(40_000);
+        let broken = format!("{good}---\nkind: [unclosed\n{good}");
+        let source = Source {
+            name: "big.yaml".to_owned(),
+            text: broken,
+            json: false,
+        };
+        assert!(parse_yaml_parallel(&source).is_none());
+        let Err(error) = parse(&source) else {
+            panic!("expected an error")
+        };
+        // numbered and located in the whole file, as a serial parse does
+        assert!(
+            error
+                .to_string()
+                .starts_with("big.yaml: document 40001: invalid YAML: "),
+            "{error}"
+        );
+        assert!(error.to_string().contains("line 120003"), "{error}");
+
+        let directive = Source {
+            name: "d.yaml".to_owned(),
+            text: format!("%YAML 1.2\n{good}"),
+            json: false,
+        };
+        assert!(parse_yaml_parallel(&directive).is_none());
+    }
+
+    #[test]
+    fn split_points_cut_only_at_markers() {
+        let text = "a: 1\n---\nb: 2\n--- x\nc: 3\n----\nd: 4\n---\n";
+        let bounds = split_points(text, 4);
+        assert_eq!(bounds.first(), Some(&0));
+        assert_eq!(bounds.last(), Some(&text.len()));
+        for &b in &bounds[1..bounds.len() - 1] {
+            assert!(
+                text[b..].starts_with("---") && !text[b..].starts_with("----"),
+                "cut at {b}"
+            );
+        }
     }
 
     #[test]
