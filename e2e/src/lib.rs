@@ -463,3 +463,80 @@ pub fn kubectl_create(
 pub fn to_json<T: serde::Serialize>(object: &T) -> Result<Value> {
     serde_json::to_value(object).context("serializing to JSON")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_are_distinct_dns_labels() {
+        let names: Vec<String> = (0..200).map(|_| unique_name("kh-e2e-watch")).collect();
+        for name in &names {
+            assert!(name.len() <= 63, "{name} is longer than a DNS label");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{name}"
+            );
+            assert!(!name.ends_with('-'), "{name}");
+        }
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len());
+    }
+
+    #[test]
+    fn url_target_carries_the_ca_as_base64() {
+        let target = Target::Url {
+            url: "https://127.0.0.1:8443/mutate".to_owned(),
+            ca_pem: "PEM".to_owned(),
+        };
+        assert_eq!(
+            target.client_config(),
+            json!({"url": "https://127.0.0.1:8443/mutate", "caBundle": "UEVN"})
+        );
+    }
+
+    #[test]
+    fn service_target_points_at_the_mutate_path() {
+        let target = Target::Service {
+            namespace: "kube-hardener".to_owned(),
+            name: "kube-hardener".to_owned(),
+            ca_bundle: "Q0E=".to_owned(),
+        };
+        assert_eq!(
+            target.client_config(),
+            json!({
+                "service": {"namespace": "kube-hardener", "name": "kube-hardener", "path": "/mutate", "port": 443},
+                "caBundle": "Q0E=",
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn eventually_reports_what_it_waited_for_and_the_last_observation() {
+        let error = eventually("the sky to fall", Duration::from_millis(300), || async {
+            Err("blue sky".to_owned())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "waited 300ms for the sky to fall; last seen: blue sky"
+        );
+        let mut calls = 0;
+        eventually("the third call", Duration::from_secs(5), || {
+            calls += 1;
+            let done = calls >= 3;
+            async move {
+                if done {
+                    Ok(())
+                } else {
+                    Err("early".to_owned())
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(calls, 3);
+    }
+}
