@@ -406,10 +406,7 @@ where
             Err(observation) => observation,
         };
         if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "waited {} s for {what}; last seen: {last}",
-                timeout.as_secs()
-            );
+            bail!("waited {timeout:?} for {what}; last seen: {last}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
