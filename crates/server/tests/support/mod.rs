@@ -358,6 +358,15 @@ pub fn parse_response(raw: &[u8]) -> Response {
     }
 }
 
+/// Value of the sample named `series` (name and labels) in a metrics text;
+/// 0 when the series has not been created yet.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
 /// Polls `check` until it holds or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
