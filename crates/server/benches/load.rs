@@ -569,14 +569,47 @@ impl Run {
     }
 }
 
-/// Closed loop: every connection sends its next review as soon as the
-/// previous answer arrived.
-async fn saturate(
+impl Run {
+    /// Records one answer; false when the connection is unusable.
+    fn record(
+        &mut self,
+        result: anyhow::Result<bool>,
+        sent: Instant,
+        due: Option<tokio::time::Instant>,
+    ) -> bool {
+        match result {
+            Ok(true) => {
+                self.latencies.push(sent.elapsed().as_micros() as u64);
+                if let Some(due) = due {
+                    self.from_due.push(due.elapsed().as_micros() as u64);
+                }
+                true
+            }
+            Ok(false) => {
+                self.errors += 1;
+                true
+            }
+            Err(_) => {
+                self.errors += 1;
+                false
+            }
+        }
+    }
+}
+
+/// Opens `connections` keep-alive connections, runs `each` on every one of
+/// them concurrently until `duration` has passed, and merges the results.
+async fn drive<F, Fut>(
     server: &Server,
     pki: &Pki,
     connections: usize,
     duration: Duration,
-) -> anyhow::Result<Run> {
+    each: F,
+) -> anyhow::Result<Run>
+where
+    F: Fn(usize, Connection, Instant) -> Fut,
+    Fut: std::future::Future<Output = Run>,
+{
     let request = Arc::new(request_bytes());
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -584,21 +617,12 @@ async fn saturate(
     }
     let started = Instant::now();
     let deadline = started + duration;
-    let runs = futures::stream::iter(conns.into_iter().map(|mut conn| async move {
-        let mut run = Run::default();
-        while Instant::now() < deadline {
-            let sent = Instant::now();
-            match conn.review().await {
-                Ok(true) => run.latencies.push(sent.elapsed().as_micros() as u64),
-                Ok(false) => run.errors += 1,
-                Err(_) => {
-                    run.errors += 1;
-                    break;
-                }
-            }
-        }
-        run
-    }))
+    let runs = futures::stream::iter(
+        conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, conn)| each(i, conn, deadline)),
+    )
     .buffer_unordered(connections)
     .collect::<Vec<_>>();
     let runs = tokio::time::timeout(duration + Duration::from_secs(30), runs).await?;
@@ -612,8 +636,36 @@ async fn saturate(
     Ok(total)
 }
 
-/// Open loop at a fixed total rate: latency counts from the moment a review
-/// was due, so a stall is not hidden by sending less (coordinated omission).
+/// Closed loop: every connection sends its next review as soon as the
+/// previous answer arrived.
+async fn saturate(
+    server: &Server,
+    pki: &Pki,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    drive(
+        server,
+        pki,
+        connections,
+        duration,
+        |_, mut conn, deadline| async move {
+            let mut run = Run::default();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                if !run.record(conn.review().await, sent, None) {
+                    break;
+                }
+            }
+            run
+        },
+    )
+    .await
+}
+
+/// Open loop at a fixed total rate: a review is due at a fixed schedule
+/// whatever happened to the previous one, so a stall is not hidden by
+/// sending less (coordinated omission).
 async fn paced(
     server: &Server,
     pki: &Pki,
@@ -621,20 +673,17 @@ async fn paced(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<Run> {
-    let request = Arc::new(request_bytes());
     let per_connection = rate / connections as f64;
     if per_connection <= 0.0 || !per_connection.is_finite() {
         bail!("no rate to pace at");
     }
     let period = Duration::from_secs_f64(1.0 / per_connection);
-    let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(Connection::open(server.addr, pki, Arc::clone(&request)).await?);
-    }
-    let started = Instant::now();
-    let deadline = started + duration;
-    let runs = futures::stream::iter(conns.into_iter().enumerate().map(
-        |(i, mut conn)| async move {
+    drive(
+        server,
+        pki,
+        connections,
+        duration,
+        |i, mut conn, deadline| async move {
             let mut run = Run::default();
             // Spread the connections' schedules over one period.
             let offset = period.mul_f64(i as f64 / connections as f64);
@@ -646,32 +695,14 @@ async fn paced(
                     break;
                 }
                 let sent = Instant::now();
-                match conn.review().await {
-                    Ok(true) => {
-                        run.latencies.push(sent.elapsed().as_micros() as u64);
-                        run.from_due.push(due.elapsed().as_micros() as u64);
-                    }
-                    Ok(false) => run.errors += 1,
-                    Err(_) => {
-                        run.errors += 1;
-                        break;
-                    }
+                if !run.record(conn.review().await, sent, Some(due)) {
+                    break;
                 }
             }
             run
         },
-    ))
-    .buffer_unordered(connections)
-    .collect::<Vec<_>>();
-    let runs = tokio::time::timeout(duration + Duration::from_secs(30), runs).await?;
-    let mut total = Run {
-        elapsed: started.elapsed(),
-        ..Run::default()
-    };
-    for run in runs {
-        total.merge(run);
-    }
-    Ok(total)
+    )
+    .await
 }
 
 /// Creates the namespaces (existing ones are kept), every tenth with a

@@ -225,9 +225,10 @@ async fn malformed_requests_get_a_clear_4xx() {
         );
     }
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_rejected_requests_total{reason="malformed"} 6"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_rejected_requests_total{reason="malformed"}"#,
+        6.0,
     );
     server.stop().await.unwrap();
 }
@@ -271,9 +272,10 @@ async fn oversized_bodies_get_413_whether_announced_or_streamed() {
     let reply = server.post_review(&captured_review()).await;
     assert_eq!(reply.status, 200);
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_rejected_requests_total{reason="too_large"} 2"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_rejected_requests_total{reason="too_large"}"#,
+        2.0,
     );
     server.stop().await.unwrap();
 }
@@ -370,9 +372,10 @@ async fn certificate_rotation_by_plain_file_replace() {
     .await;
     assert!(rotated, "new certificate not served");
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_tls_cert_reloads_total{result="ok"} 1"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_tls_cert_reloads_total{result="ok"}"#,
+        1.0,
     );
     // Reviews keep working over the new certificate.
     assert_eq!(server.post_review(&captured_review()).await.status, 200);
@@ -512,9 +515,10 @@ async fn global_audit_mode_reports_without_patching() {
         "{warnings:?}"
     );
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_reviews_total{outcome="audited",operation="CREATE"} 1"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_reviews_total{outcome="audited",operation="CREATE"}"#,
+        1.0,
     );
     assert!(
         metrics.contains(
@@ -658,9 +662,10 @@ async fn excluded_and_own_namespaces_are_never_touched() {
     let body = server.post_review(&captured_review()).await.json();
     assert!(decoded_patch(&body).is_some());
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_reviews_total{outcome="excluded",operation="CREATE"} 4"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_reviews_total{outcome="excluded",operation="CREATE"}"#,
+        4.0,
     );
     server.stop().await.unwrap();
 }
@@ -774,9 +779,10 @@ async fn workloads_are_mutated_only_when_switched_on() {
     assert_eq!(response(&body)["allowed"], true);
     assert_eq!(decoded_patch(&body), None);
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_reviews_total{outcome="ignored",operation="CREATE"} 1"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_reviews_total{outcome="ignored",operation="CREATE"}"#,
+        1.0,
     );
     server.stop().await.unwrap();
 
@@ -836,9 +842,10 @@ async fn internal_trouble_admits_unchanged_and_is_counted() {
     assert_eq!(decoded_patch(&body), None);
 
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_reviews_total{outcome="error",operation="CREATE"} 2"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_reviews_total{outcome="error",operation="CREATE"}"#,
+        2.0,
     );
     server.stop().await.unwrap();
 }
@@ -870,9 +877,10 @@ async fn unknown_namespace_falls_back_to_a_bounded_lookup() {
     // Without annotations the defaults apply.
     assert!(decoded_patch(&body).is_some());
     let metrics = server.metrics().await;
-    assert!(
-        metrics.contains(r#"kube_hardener_namespace_fallback_lookups_total{result="failed"} 1"#),
-        "{metrics}"
+    support::assert_metric(
+        &metrics,
+        r#"kube_hardener_namespace_fallback_lookups_total{result="failed"}"#,
+        1.0,
     );
 
     // Cached namespaces need no lookup.

@@ -367,6 +367,15 @@ pub fn metric_value(metrics: &str, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// Asserts the value of one series, showing every metric when it differs.
+pub fn assert_metric(metrics: &str, series: &str, expected: f64) {
+    assert_eq!(
+        metric_value(metrics, series),
+        expected,
+        "{series} in\n{metrics}"
+    );
+}
+
 /// Polls `check` until it holds or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
