@@ -738,3 +738,34 @@ fn empty_config_variable_means_no_file() {
         .write_stdin(POD));
     assert_eq!(out.code, 1, "{}", out.stderr);
 }
+
+/// Runs the binary on a pseudo-terminal (util-linux `script`, part of every
+/// Debian base system) so that `--color auto` sees a TTY.
+fn on_terminal(args: &str, no_color: Option<&str>) -> String {
+    let binary = Path::new(env!("CARGO_BIN_EXE_kube-hardener"));
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &format!("{} {args}", binary.display()), "/dev/null"])
+        .current_dir(fixtures())
+        .stdin(std::process::Stdio::null())
+        .env_remove("NO_COLOR");
+    if let Some(value) = no_color {
+        cmd.env("NO_COLOR", value);
+    }
+    let output = cmd.output().expect("script runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[test]
+fn diff_is_coloured_on_a_terminal_unless_no_color_is_set() {
+    let args = "preview -o diff inputs/mixed.yaml";
+    let coloured = on_terminal(args, None);
+    assert!(coloured.contains("\x1b[32m+"), "{coloured}");
+    // NO_COLOR set to anything non-empty turns colour off; empty does not.
+    let plain = on_terminal(args, Some("1"));
+    assert!(plain.contains("+  securityContext:"), "{plain}");
+    assert!(!plain.contains('\x1b'), "{plain}");
+    assert!(on_terminal(args, Some("")).contains("\x1b[32m+"));
+    // --color never wins over the terminal
+    assert!(!on_terminal(&format!("{args} --color never"), None).contains('\x1b'));
+}
