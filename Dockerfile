@@ -4,7 +4,7 @@
 #
 #   docker build -t kube-hardener:dev .
 
-FROM rust:1.95-alpine3.22 AS build
+FROM rust:1.95-alpine AS build
 # ring compiles C and assembly: it needs a C toolchain and musl headers.
 RUN apk add --no-cache musl-dev gcc make
 WORKDIR /src
