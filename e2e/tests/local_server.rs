@@ -353,3 +353,55 @@ async fn global_audit_mode_patches_nothing_unless_a_namespace_enforces() -> Resu
     assert_eq!(stored["spec"]["containers"][0].get("securityContext"), None);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_and_configured_namespaces_are_never_touched() -> Result<()> {
+    let client = client().await?;
+    let group = kube_hardener_e2e::unique_name("excluded");
+    let grouped = || kube_hardener_e2e::NamespaceOptions {
+        labels: [("e2e.kube-hardener.io/group".to_owned(), group.clone())].into(),
+        annotations: Default::default(),
+    };
+    let control = TestNamespace::create(&client, "control", grouped()).await?;
+    let own = TestNamespace::create(&client, "own", grouped()).await?;
+    let configured = TestNamespace::create(&client, "configured", grouped()).await?;
+    // The webhook's own namespace comes from the downward API in a cluster;
+    // the exclusion list from the configuration file.
+    let server = LocalWebhook::start(ServerOptions {
+        env: vec![(
+            "KUBE_HARDENER_SERVER__OWN_NAMESPACE".into(),
+            own.name.clone(),
+        )],
+        config_toml: format!(
+            "[hardening]\nexcluded_namespaces = [\"kube-system\", \"{}\"]\n",
+            configured.name
+        ),
+        ..ServerOptions::default()
+    })
+    .await?;
+    let _registration = Registration::create_for_label(
+        &client,
+        &server.target(),
+        ("e2e.kube-hardener.io/group", &group),
+        RegisterOptions::default(),
+    )
+    .await?;
+    wait_until_hardening(&control).await?;
+
+    for ns in [&own, &configured] {
+        let stored = ns
+            .pods()
+            .create(&PostParams::default(), &pod(plain_pod("left-alone"))?)
+            .await?;
+        assert_eq!(applied_annotation(&stored), None, "namespace {}", ns.name);
+        let stored = to_json(&stored)?;
+        assert_eq!(
+            stored["spec"]["securityContext"],
+            json!({}),
+            "namespace {}",
+            ns.name
+        );
+        assert_eq!(stored["spec"]["containers"][0].get("securityContext"), None);
+    }
+    Ok(())
+}
