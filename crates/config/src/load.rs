@@ -163,10 +163,15 @@ impl Layers {
 }
 
 /// The environment layer: `KUBE_HARDENER_A__B=v` sets key `a.b`.
+///
+/// Every key lives in a table, so only variables with a `__` are configuration.
+/// The others are left alone: Kubernetes injects service links such as
+/// `KUBE_HARDENER_SERVICE_HOST` and `KUBE_HARDENER_PORT_443_TCP` into every pod of
+/// a namespace that has a Service named `kube-hardener`, and tools keep their own
+/// `KUBE_HARDENER_*` variables; treating those as unknown keys would stop start-up.
 fn env_provider() -> Env {
-    let config_key = ENV_CONFIG_FILE.trim_start_matches(ENV_PREFIX);
     Env::prefixed(ENV_PREFIX)
-        .ignore(&[config_key])
+        .filter(|key| key.as_str().contains(ENV_SEPARATOR))
         .split(ENV_SEPARATOR)
 }
 

@@ -187,23 +187,17 @@ fn unknown_top_level_table_in_file() {
 }
 
 #[test]
-fn unknown_key_in_env_names_the_variable() {
+fn variables_without_a_table_separator_are_not_configuration() {
     Jail::expect_with(|jail| {
-        // single underscore: a common mistake, becomes an unknown top-level key
-        jail.set_env("KUBE_HARDENER_HARDENING_FS_GROUP", "2000");
-        let error = load_err(None);
-        let problem = &error.problems()[0];
-        assert_eq!(problem.key, "hardening_fs_group");
-        assert_eq!(
-            problem.origin,
-            Origin::Env("KUBE_HARDENER_HARDENING_FS_GROUP".to_owned())
-        );
-        assert!(
-            error.to_string().contains(
-                "(from environment variable KUBE_HARDENER_HARDENING_FS_GROUP): unknown key"
-            ),
-            "{error}"
-        );
+        // Service links Kubernetes injects for a Service named `kube-hardener`,
+        // and other tools' variables sharing the prefix.
+        jail.set_env("KUBE_HARDENER_SERVICE_HOST", "10.96.0.12");
+        jail.set_env("KUBE_HARDENER_PORT", "tcp://10.96.0.12:443");
+        jail.set_env("KUBE_HARDENER_PORT_443_TCP_PROTO", "tcp");
+        jail.set_env("KUBE_HARDENER_CACHE", "/var/cache/kh");
+        jail.set_env("KUBE_HARDENER_HARDENING__FS_GROUP", "2000");
+        let config = Config::load(None).expect("service links are not keys");
+        assert_eq!(config.hardening.fs_group, Some(2000));
         Ok(())
     });
 }
