@@ -94,6 +94,8 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// Serve this certificate instead of one from the harness's own CA.
     pub certificate: Option<Certificate>,
+    /// Watch namespaces with this kubeconfig instead of `KUBECONFIG`'s.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// PEM serving certificate, its key and the CA that signed it.
@@ -119,10 +121,21 @@ pub struct LocalWebhook {
 impl LocalWebhook {
     /// Starts the server and waits until `/readyz` answers 200 (namespace watch synced).
     pub async fn start(options: ServerOptions) -> Result<Self> {
+        let mut server = Self::spawn(options)?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Starts the server without waiting for readiness, for tests of the
+    /// time before the namespace cache has synced.
+    pub fn spawn(options: ServerOptions) -> Result<Self> {
         let bin = kube_hardener_bin()?;
-        let kubeconfig = std::env::var_os("KUBECONFIG")
-            .map(PathBuf::from)
-            .context("KUBECONFIG is not set; the webhook needs it for its namespace watch")?;
+        let kubeconfig = match &options.kubeconfig {
+            Some(path) => path.clone(),
+            None => std::env::var_os("KUBECONFIG")
+                .map(PathBuf::from)
+                .context("KUBECONFIG is not set; the webhook needs it for its namespace watch")?,
+        };
         let dir = tempfile::tempdir().context("creating the server's temporary directory")?;
         let pki = Pki::new()?;
         let mut server = LocalWebhook {
@@ -173,8 +186,15 @@ impl LocalWebhook {
                 .spawn()
                 .with_context(|| format!("starting {} serve", bin.display()))?,
         );
-        server.wait_ready().await?;
         Ok(server)
+    }
+
+    /// The exit status if the server has stopped (or was stopped), else `None`.
+    pub fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().context("polling kube-hardener serve"),
+            None => bail!("kube-hardener serve was stopped"),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
