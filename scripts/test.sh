@@ -10,6 +10,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
 step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 
+# Every `cargo test` run is copied here so the last line can total them all.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -17,7 +21,7 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (fast suites)"
-cargo test
+cargo test 2>&1 | tee -a "$results"
 
 step "building kube-hardener for the end-to-end suite"
 cargo build -p kube-hardener
@@ -28,6 +32,9 @@ step "control plane: kube-apiserver, kubectl, etcd (cached after the first build
 e2e/controlplane/build.sh >/dev/null
 
 step "end-to-end suite (cargo test -p kube-hardener-e2e) against the local control plane"
-e2e/controlplane/up.sh -- cargo test -p kube-hardener-e2e
+e2e/controlplane/up.sh -- cargo test -p kube-hardener-e2e 2>&1 | tee -a "$results"
 
 step "all suites passed"
+# One closing line over every suite: "summary: N passed, N failed".
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "summary: %d passed, %d failed\n", passed, failed }' "$results"
