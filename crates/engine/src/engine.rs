@@ -137,6 +137,29 @@ fn writable_paths<'a>(
     }
 }
 
+/// Builds the rules for the prepared pod spec of `object` and runs `apply`
+/// with them; the warnings gathered while preparing come first.
+fn run_rules<'v>(
+    object: &'v Value,
+    prepared: &mut Prepared<'v>,
+    policy: &Policy,
+    apply: impl FnOnce(&Rules<'_, 'v>, &mut Edits<'v>),
+) -> Result<Edits<'v>, EngineError> {
+    let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
+    let mut warnings = std::mem::take(&mut prepared.warnings);
+    let rules = Rules {
+        policy,
+        skipped: prepared.skipped,
+        pod: &pod,
+        spec: prepared.layout.spec_tokens(),
+        writable_paths: writable_paths(prepared, policy, &mut warnings),
+    };
+    let mut edits = Edits::new(object);
+    edits.warnings = warnings;
+    apply(&rules, &mut edits);
+    Ok(edits)
+}
+
 pub(crate) fn harden(
     object: &Value,
     ctx: &Context<'_>,
@@ -147,18 +170,7 @@ pub(crate) fn harden(
         Start::Done(outcome) => return Ok(outcome),
         Start::Run(prepared) => prepared,
     };
-    let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
-    let mut warnings = std::mem::take(&mut prepared.warnings);
-    let rules = Rules {
-        policy,
-        skipped: prepared.skipped,
-        pod: &pod,
-        spec: prepared.layout.spec_tokens(),
-        writable_paths: writable_paths(&prepared, policy, &mut warnings),
-    };
-    let mut edits = Edits::new(object);
-    edits.warnings = warnings;
-    rules::harden_pod(&rules, &mut edits);
+    let mut edits = run_rules(object, &mut prepared, policy, rules::harden_pod)?;
     if !edits.applied.is_empty() {
         annotate_applied(&prepared, &mut edits);
     }
@@ -239,24 +251,15 @@ pub(crate) fn harden_new_ephemeral_containers(
         Start::Run(prepared) => prepared,
     };
     let old_names = old_ephemeral_names(old_pod)?;
-    let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
-    let mut warnings = std::mem::take(&mut prepared.warnings);
-    let rules = Rules {
-        policy,
-        skipped: prepared.skipped,
-        pod: &pod,
-        spec: prepared.layout.spec_tokens(),
-        writable_paths: writable_paths(&prepared, policy, &mut warnings),
-    };
-    let mut edits = Edits::new(new_pod);
-    edits.warnings = warnings;
-    rules::harden_new_ephemeral(&rules, &mut edits, |c| {
-        c.list == ListKind::EphemeralContainers
-            && match c.name {
-                Some(name) => !old_names.names.contains(&name),
-                None => c.index >= old_names.count,
-            }
-    });
+    let edits = run_rules(new_pod, &mut prepared, policy, |rules, edits| {
+        rules::harden_new_ephemeral(rules, edits, |c| {
+            c.list == ListKind::EphemeralContainers
+                && match c.name {
+                    Some(name) => !old_names.names.contains(&name),
+                    None => c.index >= old_names.count,
+                }
+        });
+    })?;
     Ok(finish(edits))
 }
 
@@ -293,11 +296,7 @@ mod tests {
     use serde_json::json;
 
     fn set(settings: &[Setting]) -> SettingSet {
-        let mut s = SettingSet::default();
-        for setting in settings {
-            s.insert(*setting);
-        }
-        s
+        settings.iter().copied().collect()
     }
 
     #[test]

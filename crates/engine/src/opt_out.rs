@@ -7,6 +7,16 @@ use crate::{Setting, Warning, WarningKind};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SettingSet(u16);
 
+impl FromIterator<Setting> for SettingSet {
+    fn from_iter<I: IntoIterator<Item = Setting>>(settings: I) -> Self {
+        let mut set = SettingSet::default();
+        for setting in settings {
+            set.insert(setting);
+        }
+        set
+    }
+}
+
 impl SettingSet {
     const fn bit(setting: Setting) -> u16 {
         1 << (setting as u16)
@@ -69,11 +79,7 @@ mod tests {
     use super::*;
 
     fn set(settings: &[Setting]) -> SettingSet {
-        let mut s = SettingSet::default();
-        for setting in settings {
-            s.insert(*setting);
-        }
-        s
+        settings.iter().copied().collect()
     }
 
     #[test]
