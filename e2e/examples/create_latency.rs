@@ -15,11 +15,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
-    LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions, TestNamespace,
-    applied_annotation, client, plain_pod, pod, unique_name, wait_until_hardening,
+    GROUP_LABEL, LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions,
+    TestNamespace, applied_annotation, client, plain_pod, pod, unique_name, wait_until_hardening,
 };
 
-const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
 const ANNOTATION_SKIP: &str = "kube-hardener.io/skip";
 
 const WARM_UP: usize = 50;
@@ -85,20 +84,20 @@ async fn main() -> Result<()> {
     // other (`skip: all`) it is called but returns no patch, which separates
     // the cost of the call from the cost of applying the patch.
     let group = unique_name("bench");
-    let grouped = |annotations: BTreeMap<String, String>| NamespaceOptions {
-        labels: BTreeMap::from([(GROUP_LABEL.to_owned(), group.clone())]),
-        annotations,
-    };
     let plain = TestNamespace::create(&client, "bench-plain", Default::default()).await?;
-    let hardened =
-        TestNamespace::create(&client, "bench-webhook", grouped(BTreeMap::new())).await?;
+    let hardened = TestNamespace::create(
+        &client,
+        "bench-webhook",
+        NamespaceOptions::in_group(&group, BTreeMap::new()),
+    )
+    .await?;
     let skipped = TestNamespace::create(
         &client,
         "bench-skip",
-        grouped(BTreeMap::from([(
-            ANNOTATION_SKIP.to_owned(),
-            "all".to_owned(),
-        )])),
+        NamespaceOptions::in_group(
+            &group,
+            BTreeMap::from([(ANNOTATION_SKIP.to_owned(), "all".to_owned())]),
+        ),
     )
     .await?;
     let _registration = Registration::create_for_label(

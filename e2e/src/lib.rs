@@ -142,6 +142,20 @@ pub struct NamespaceOptions {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// Label that puts several test namespaces behind one webhook registration
+/// (`Registration::create_for_label(.., (GROUP_LABEL, group), ..)`).
+pub const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
+
+impl NamespaceOptions {
+    /// A namespace in `group` (see [`GROUP_LABEL`]) with these annotations.
+    pub fn in_group(group: &str, annotations: BTreeMap<String, String>) -> Self {
+        NamespaceOptions {
+            labels: BTreeMap::from([(GROUP_LABEL.to_owned(), group.to_owned())]),
+            annotations,
+        }
+    }
+}
+
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 /// A DNS-label-safe name unique across concurrent tests and runs.

@@ -10,13 +10,11 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
-    NamespaceOptions, RegisterOptions, Registration, TestNamespace, any_webhook,
+    GROUP_LABEL, NamespaceOptions, RegisterOptions, Registration, TestNamespace, any_webhook,
     applied_annotation, client, eventually, plain_pod, pod, to_json, unique_name,
     wait_until_hardening,
 };
 use serde_json::{Value, json};
-
-const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
 
 /// A namespace with the webhook registered for it and in effect.
 async fn hardened_namespace(
@@ -259,18 +257,19 @@ async fn namespace_skip_all_leaves_pods_untouched() -> Result<()> {
     // One registration for two namespaces: hardening in the control namespace
     // proves the webhook is in effect for the opted-out one too.
     let group = unique_name("group");
-    let grouped = |annotations: BTreeMap<String, String>| NamespaceOptions {
-        labels: BTreeMap::from([(GROUP_LABEL.to_owned(), group.clone())]),
-        annotations,
-    };
-    let control = TestNamespace::create(&client, "control", grouped(BTreeMap::new())).await?;
+    let control = TestNamespace::create(
+        &client,
+        "control",
+        NamespaceOptions::in_group(&group, BTreeMap::new()),
+    )
+    .await?;
     let skipped = TestNamespace::create(
         &client,
         "skip-all",
-        grouped(BTreeMap::from([(
-            "kube-hardener.io/skip".to_owned(),
-            "all".to_owned(),
-        )])),
+        NamespaceOptions::in_group(
+            &group,
+            BTreeMap::from([("kube-hardener.io/skip".to_owned(), "all".to_owned())]),
+        ),
     )
     .await?;
     let _registration = Registration::create_for_label(

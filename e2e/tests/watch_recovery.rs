@@ -15,13 +15,12 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use kube_hardener_e2e::{
-    LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions, TestNamespace,
-    applied_annotation, client, eventually, plain_pod, pod, unique_name, wait_until_hardening,
-    workspace_root,
+    GROUP_LABEL, LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions,
+    TestNamespace, applied_annotation, client, eventually, plain_pod, pod, unique_name,
+    wait_until_hardening, workspace_root,
 };
 use serde_json::{Value, json};
 
-const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
 const WATCH_ERRORS: &str = "kube_hardener_namespace_watch_errors_total";
 const CACHE_SIZE: &str = "kube_hardener_namespace_cache_size";
 const FALLBACK_LOOKUPS: &str = "kube_hardener_namespace_fallback_lookups_total";
@@ -298,18 +297,19 @@ async fn namespace_watch_recovers_once_the_shipped_role_is_bound() -> Result<()>
     // Namespaces created after recovery must arrive through the watch the
     // shipped role allows: a fallback GET answers one review but never fills the cache.
     let group = unique_name("watch");
-    let grouped = |annotations: BTreeMap<String, String>| NamespaceOptions {
-        labels: BTreeMap::from([(GROUP_LABEL.to_owned(), group.clone())]),
-        annotations,
-    };
-    let plain = TestNamespace::create(&client, "watch-plain", grouped(BTreeMap::new())).await?;
+    let plain = TestNamespace::create(
+        &client,
+        "watch-plain",
+        NamespaceOptions::in_group(&group, BTreeMap::new()),
+    )
+    .await?;
     let skipped = TestNamespace::create(
         &client,
         "watch-skip",
-        grouped(BTreeMap::from([(
-            "kube-hardener.io/skip".to_owned(),
-            "all".to_owned(),
-        )])),
+        NamespaceOptions::in_group(
+            &group,
+            BTreeMap::from([("kube-hardener.io/skip".to_owned(), "all".to_owned())]),
+        ),
     )
     .await?;
     let _registration = Registration::create_for_label(
