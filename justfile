@@ -60,4 +60,5 @@ e2e-kind: kind-deploy
     kind export kubeconfig --name {{kind_cluster}} --kubeconfig "${TMPDIR:-/tmp}/kube-hardener-kind.kubeconfig"
     KUBECONFIG="${TMPDIR:-/tmp}/kube-hardener-kind.kubeconfig" \
     KUBE_HARDENER_E2E_WEBHOOK=service:kube-hardener/kube-hardener \
+    KUBE_HARDENER_CERT_MANAGER_CRDS="$(source e2e/controlplane/versions.sh && e2e/controlplane/build.sh >/dev/null && echo "$CERT_MANAGER_CRDS_DIR")" \
     cargo test -p kube-hardener-e2e --test admission --test deploy

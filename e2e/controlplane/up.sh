@@ -28,7 +28,7 @@ if [[ $# -gt 0 ]]; then
 fi
 
 command -v openssl >/dev/null 2>&1 || die "openssl is required to generate the control plane's certificates"
-if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" ]]; then
+if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" || ! -d "$CERT_MANAGER_CRDS_DIR" ]]; then
     "$here/build.sh" >/dev/null
 fi
 
@@ -195,6 +195,8 @@ log "control plane ready in ${SECONDS}s (state: $state)"
 
 export KUBECONFIG="$kubeconfig"
 export PATH="$CONTROLPLANE_DIR:$PATH"
+# deploy's e2e test installs these when the cluster lacks cert-manager.
+export KUBE_HARDENER_CERT_MANAGER_CRDS="$CERT_MANAGER_CRDS_DIR"
 
 if [[ $mode == wrap ]]; then
     set +e
@@ -212,6 +214,7 @@ Control plane is up. In another shell:
 
     export KUBECONFIG=$kubeconfig
     export PATH=$CONTROLPLANE_DIR:\$PATH   # kubectl ${KUBE_VERSION}
+    export KUBE_HARDENER_CERT_MANAGER_CRDS=$CERT_MANAGER_CRDS_DIR   # for e2e/tests/deploy.rs
 
 Press Ctrl-C to stop it.
 MSG

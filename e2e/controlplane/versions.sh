@@ -2,4 +2,8 @@
 # go.mod files beside this file) and the cache directory derived from them.
 KUBE_VERSION=v1.37.2
 ETCD_VERSION=v3.6.16
+# Only its CustomResourceDefinitions (from the Go module's deploy/crds), so the
+# API server can validate the Issuer and Certificate of deploy/overlays/cert-manager.
+CERT_MANAGER_VERSION=v1.21.2
 CONTROLPLANE_DIR="${KUBE_HARDENER_CACHE:-$HOME/.cache/kube-hardener}/controlplane/${KUBE_VERSION}-etcd${ETCD_VERSION#v}"
+CERT_MANAGER_CRDS_DIR="${KUBE_HARDENER_CACHE:-$HOME/.cache/kube-hardener}/cert-manager-crds/${CERT_MANAGER_VERSION}"
