@@ -11,9 +11,9 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp target/release/kube-hardener "$work/kube-hardener"
 export KUBE_HARDENER_BIN="$work/kube-hardener"
-echo "==> benchmark client" >&2
-cargo build -p kube-hardener-e2e --example create_latency
+echo "==> benchmark client (release, so its own decoding stays small)" >&2
+cargo build --release -p kube-hardener-e2e --example create_latency
 e2e/controlplane/build.sh >/dev/null
 echo "==> $(nproc) cores, $(uname -srm); $("$KUBE_HARDENER_BIN" --version)" >&2
-cp target/debug/examples/create_latency "$work/create_latency"
+cp target/release/examples/create_latency "$work/create_latency"
 e2e/controlplane/up.sh -- "$work/create_latency" "${1:-1000}"

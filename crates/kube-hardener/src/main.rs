@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 
 mod certs;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Secure securityContext defaults for every pod, never overriding explicit choices.
 #[derive(Debug, Parser)]
 #[command(name = "kube-hardener", version)]

@@ -3,21 +3,27 @@
 //!
 //!   scripts/bench-e2e.sh [CREATES]       # builds what it needs, starts a control plane
 //!
-//! Needs KUBECONFIG and KUBE_HARDENER_BIN (a release build). Creates go
-//! alternately into a namespace without the webhook and one with it, so drift
-//! (etcd growth, a busy neighbour) affects both sides alike.
+//! Needs KUBECONFIG and KUBE_HARDENER_BIN (a release build). Creates go in
+//! turn into a namespace without a webhook, namespaces where kube-hardener is
+//! called, and one where a webhook that computes nothing returns kube-hardener's
+//! patch (the floor any webhook applying that patch pays), so drift (etcd
+//! growth, a busy neighbour) affects every arm alike.
+
+mod canned;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
     GROUP_LABEL, LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions,
-    TestNamespace, applied_annotation, client, plain_pod, pod, unique_name, wait_until_hardening,
+    Target, TestNamespace, applied_annotation, client, eventually, plain_pod, pod, unique_name,
+    wait_until_hardening,
 };
+use serde_json::Value;
 
 const ANNOTATION_SKIP: &str = "kube-hardener.io/skip";
 
@@ -108,6 +114,24 @@ async fn main() -> Result<()> {
     )
     .await?;
     wait_until_hardening(&hardened).await?;
+
+    let canned = canned::CannedWebhook::start().await?;
+    let floor_group = unique_name("bench-floor");
+    let floor = TestNamespace::create(
+        &client,
+        "bench-floor",
+        NamespaceOptions::in_group(&floor_group, BTreeMap::new()),
+    )
+    .await?;
+    let _floor_registration = Registration::create_for_label(
+        &client,
+        &canned.target(),
+        (GROUP_LABEL, &floor_group),
+        RegisterOptions::default(),
+    )
+    .await?;
+    give_canned_webhook_kube_hardeners_patch(&canned, &floor, &server.target()).await?;
+
     let arms = [
         ("not registered", plain.pods(), false),
         (
@@ -116,6 +140,11 @@ async fn main() -> Result<()> {
             false,
         ),
         ("registered, pod hardened", hardened.pods(), true),
+        (
+            "floor: a webhook that only returns kube-hardener's patch",
+            floor.pods(),
+            true,
+        ),
     ];
 
     for i in 0..WARM_UP {
@@ -148,7 +177,8 @@ async fn main() -> Result<()> {
             ms(s.mean)
         );
     }
-    let (without, called, with) = (&summaries[0], &summaries[1], &summaries[2]);
+    let (without, called, with, floor) =
+        (&summaries[0], &summaries[1], &summaries[2], &summaries[3]);
     println!();
     // What the server itself spent per review, to tell its share of the added
     // time from the API server's (encoding the review, applying the patch).
@@ -185,5 +215,67 @@ async fn main() -> Result<()> {
         with.median.as_secs_f64() / without.median.as_secs_f64(),
         ms(with.p99.saturating_sub(without.p99)),
     );
+    println!(
+        "added median of the floor webhook: {} ms; kube-hardener above the floor: {} ms",
+        ms(floor.median.saturating_sub(without.median)),
+        signed_ms(with.median.as_secs_f64() - floor.median.as_secs_f64()),
+    );
+    Ok(())
+}
+
+fn signed_ms(seconds: f64) -> String {
+    format!("{:+.3}", seconds * 1000.0)
+}
+
+/// Sends a dry-run create to the floor namespace, takes the review the canned
+/// webhook received, asks kube-hardener for its answer to exactly that review
+/// and has the canned webhook return that patch from then on.
+async fn give_canned_webhook_kube_hardeners_patch(
+    canned: &canned::CannedWebhook,
+    floor: &TestNamespace,
+    kube_hardener: &Target,
+) -> Result<()> {
+    let probe = pod(plain_pod("floor-probe"))?;
+    let api = floor.pods();
+    eventually(
+        "the API server calls the canned webhook",
+        Duration::from_secs(30),
+        || async {
+            let params = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            api.create(&params, &probe)
+                .await
+                .map_err(|error| error.to_string())?;
+            match canned.first_review() {
+                Some(_) => Ok(()),
+                None => Err("the create was not sent to the canned webhook".to_owned()),
+            }
+        },
+    )
+    .await?;
+    let review = canned
+        .first_review()
+        .context("the canned webhook recorded no review")?;
+    let Target::Url { url, ca_pem } = kube_hardener else {
+        bail!("kube-hardener must run locally for this benchmark");
+    };
+    let answer: Value = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .build()?
+        .post(url)
+        .header("content-type", "application/json")
+        .body(review)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let patch = answer["response"]["patch"]
+        .as_str()
+        .context("kube-hardener returned no patch for the floor's review")?;
+    canned.set_patch(patch.to_owned());
     Ok(())
 }
