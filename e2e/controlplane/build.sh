@@ -59,32 +59,33 @@ build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$ku
 build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
 
 # cert-manager's CRDs for the pinned release: only the two kinds deploy/ uses.
+# The directory appears whole or not at all, so its existence (what up.sh
+# checks) means both files are there.
 fetch_cert_manager_crds() {
-    local want=(cert-manager.io_issuers.yaml cert-manager.io_certificates.yaml) name missing=0
-    for name in "${want[@]}"; do
-        [[ -s "$CERT_MANAGER_CRDS_DIR/$name" ]] || missing=1
-    done
-    if [[ $missing == 0 ]]; then
+    if [[ -d "$CERT_MANAGER_CRDS_DIR" ]]; then
         log "cert-manager ${CERT_MANAGER_VERSION} CRDs: cached"
         return 0
     fi
     log "cert-manager ${CERT_MANAGER_VERSION} CRDs: downloading the Go module"
-    local info dir
+    local info dir name tmp
     if ! info="$(cd "$here" && GOFLAGS=-mod=mod go mod download -json "github.com/cert-manager/cert-manager@${CERT_MANAGER_VERSION}")"; then
         log "error: github.com/cert-manager/cert-manager@${CERT_MANAGER_VERSION} could not be downloaded (see the go output above)"
         exit 1
     fi
     dir="$(printf '%s\n' "$info" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
-    mkdir -p "$CERT_MANAGER_CRDS_DIR"
-    for name in "${want[@]}"; do
+    mkdir -p "$(dirname "$CERT_MANAGER_CRDS_DIR")"
+    tmp="$CERT_MANAGER_CRDS_DIR.partial.$$"
+    rm -rf "$tmp"
+    mkdir "$tmp"
+    for name in cert-manager.io_issuers.yaml cert-manager.io_certificates.yaml; do
         if [[ ! -s "$dir/deploy/crds/$name" ]]; then
+            rm -rf "$tmp"
             log "error: $name is not in the cert-manager module at ${dir:-?}/deploy/crds"
             exit 1
         fi
-        cp "$dir/deploy/crds/$name" "$CERT_MANAGER_CRDS_DIR/$name.partial.$$"
-        chmod 0644 "$CERT_MANAGER_CRDS_DIR/$name.partial.$$"
-        mv -f "$CERT_MANAGER_CRDS_DIR/$name.partial.$$" "$CERT_MANAGER_CRDS_DIR/$name"
+        install -m 0644 "$dir/deploy/crds/$name" "$tmp/$name"
     done
+    mv -T "$tmp" "$CERT_MANAGER_CRDS_DIR"
 }
 fetch_cert_manager_crds
 

@@ -69,6 +69,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// A webhook listening on this machine's loopback, serving `MUTATE_PATH`.
+    pub fn loopback(port: u16, ca_pem: &str) -> Self {
+        Target::Url {
+            url: format!("https://127.0.0.1:{port}{MUTATE_PATH}"),
+            ca_pem: ca_pem.to_owned(),
+        }
+    }
+
     fn client_config(&self) -> Value {
         match self {
             Target::Url { url, ca_pem } => json!({

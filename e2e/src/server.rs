@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::{MUTATE_PATH, Pki, Target};
+use crate::{Pki, Target};
 
 /// The workspace this crate belongs to.
 pub fn workspace_root() -> PathBuf {
@@ -236,10 +236,7 @@ impl LocalWebhook {
 
     /// How the API server reaches this server.
     pub fn target(&self) -> Target {
-        Target::Url {
-            url: format!("https://127.0.0.1:{}{MUTATE_PATH}", self.port),
-            ca_pem: self.ca_pem.clone(),
-        }
+        Target::loopback(self.port, &self.ca_pem)
     }
 
     /// Issues a new serving certificate from the same CA and swaps it in the

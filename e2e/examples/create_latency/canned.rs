@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result};
-use kube_hardener_e2e::{MUTATE_PATH, Pki, Target};
+use kube_hardener_e2e::{Pki, Target};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,10 +77,7 @@ impl CannedWebhook {
     }
 
     pub fn target(&self) -> Target {
-        Target::Url {
-            url: format!("https://127.0.0.1:{}{MUTATE_PATH}", self.port),
-            ca_pem: self.ca_pem.clone(),
-        }
+        Target::loopback(self.port, &self.ca_pem)
     }
 
     pub fn first_review(&self) -> Option<Vec<u8>> {
