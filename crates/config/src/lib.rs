@@ -26,6 +26,38 @@ pub struct Config {
     pub server: ServerConfig,
 }
 
+/// Where a policy is used; each gets the same policy but for what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPoint {
+    /// `kube-hardener serve`: mutates workload templates only when
+    /// `hardening.mutate_workloads` says so.
+    Webhook,
+    /// `kube-hardener preview`: always shows workload templates hardened, so
+    /// manifests can be checked before anything reaches a cluster.
+    Preview,
+}
+
+impl Config {
+    /// The one policy the engine runs with: `[hardening]`, with the webhook's
+    /// own namespace (`server.own_namespace`) always excluded.
+    pub fn effective_policy(&self, entry: EntryPoint) -> Policy {
+        let mut policy = self.hardening.clone();
+        if let Some(own) = self
+            .server
+            .own_namespace
+            .as_ref()
+            .filter(|ns| !ns.is_empty())
+            && !policy.excluded_namespaces.contains(own)
+        {
+            policy.excluded_namespaces.push(own.clone());
+        }
+        if entry == EntryPoint::Preview {
+            policy.mutate_workloads = true;
+        }
+        policy
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,8 +84,17 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest AdmissionReview body accepted (413 beyond).
     pub max_body_bytes: usize,
-    /// A client must send its request within this time.
+    /// A client must send each request within this time (every request of a
+    /// keep-alive connection, from its first byte to the start of its response).
     pub client_timeout_ms: u64,
+    /// A response the client stops reading for this long closes the connection.
+    pub write_timeout_ms: u64,
+    /// PEM bundle of the CA(s) that sign the API server's client certificate;
+    /// when set, a caller without such a certificate is refused (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: the client certificate's common name or a DNS name
+    /// must be one of these (empty: any certificate the CA signed).
+    pub client_names: Vec<String>,
     /// Compute and warn, but never patch (shadow run before enforcing).
     pub audit: bool,
     /// The webhook's own namespace, always excluded; usually from the downward
@@ -80,6 +121,9 @@ impl Default for ServerConfig {
             workers: 0,
             max_body_bytes: 4 * 1024 * 1024,
             client_timeout_ms: 5_000,
+            write_timeout_ms: 10_000,
+            client_ca: None,
+            client_names: Vec::new(),
             audit: false,
             own_namespace: None,
             kubeconfig: None,
@@ -87,6 +131,28 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 25,
             log_level: "info".to_owned(),
             log_format: LogFormat::Auto,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_policy_excludes_the_own_namespace_once_for_every_entry_point() {
+        for own in [None, Some(""), Some("kube-system"), Some("kube-hardener")] {
+            let mut config = Config::default();
+            config.server.own_namespace = own.map(str::to_owned);
+            for entry in [EntryPoint::Webhook, EntryPoint::Preview] {
+                let policy = config.effective_policy(entry);
+                let mut expected = Policy::default().excluded_namespaces;
+                if own == Some("kube-hardener") {
+                    expected.push("kube-hardener".to_owned());
+                }
+                assert_eq!(policy.excluded_namespaces, expected, "{own:?} {entry:?}");
+                assert_eq!(policy.mutate_workloads, entry == EntryPoint::Preview);
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use kube_hardener_engine::{MAX_WRITABLE_PATHS, check_writable_path, is_dns_label};
+
 use crate::{Config, Policy, ServerConfig};
 
 /// Largest UID/GID Kubernetes accepts (validation of `runAsUser` & co.).
@@ -57,11 +59,23 @@ fn validate_policy(policy: &Policy, problems: &mut Problems) {
     let mut seen = BTreeSet::new();
     for (index, path) in policy.writable_paths.iter().enumerate() {
         let key = format!("hardening.writable_paths[{index}]");
-        if let Err(message) = check_mount_path(path) {
-            problems.push((key, format!("`{path}` {message}")));
-        } else if !seen.insert(path.as_str()) {
-            problems.push((key, format!("`{path}` is listed twice")));
+        match check_writable_path(path) {
+            Err(message) => problems.push((key, format!("`{path}` {message}"))),
+            Ok(normalised) if !seen.insert(normalised) => {
+                problems.push((key, format!("`{path}` is listed twice")));
+            }
+            Ok(_) => {}
         }
+    }
+
+    if policy.writable_paths.len() > MAX_WRITABLE_PATHS {
+        problems.push((
+            "hardening.writable_paths".to_owned(),
+            format!(
+                "lists {} paths; at most {MAX_WRITABLE_PATHS} are allowed (each is a volume per container)",
+                policy.writable_paths.len()
+            ),
+        ));
     }
 
     let mut seen = BTreeSet::new();
@@ -121,6 +135,7 @@ fn validate_server(server: &ServerConfig, problems: &mut Problems) {
     }
     for (key, value) in [
         ("server.client_timeout_ms", server.client_timeout_ms),
+        ("server.write_timeout_ms", server.write_timeout_ms),
         (
             "server.namespace_lookup_timeout_ms",
             server.namespace_lookup_timeout_ms,
@@ -130,6 +145,30 @@ fn validate_server(server: &ServerConfig, problems: &mut Problems) {
             problems.push((
                 key.to_owned(),
                 format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds, got {value}"),
+            ));
+        }
+    }
+    if server
+        .client_ca
+        .as_ref()
+        .is_some_and(|path| path.as_os_str().is_empty())
+    {
+        problems.push((
+            "server.client_ca".to_owned(),
+            "must not be empty (leave it unset to accept any caller)".to_owned(),
+        ));
+    }
+    if !server.client_names.is_empty() && server.client_ca.is_none() {
+        problems.push((
+            "server.client_names".to_owned(),
+            "needs server.client_ca: names are read from verified client certificates".to_owned(),
+        ));
+    }
+    for (index, name) in server.client_names.iter().enumerate() {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            problems.push((
+                format!("server.client_names[{index}]"),
+                "must be a non-empty name without control characters".to_owned(),
             ));
         }
     }
@@ -166,32 +205,10 @@ fn validate_server(server: &ServerConfig, problems: &mut Problems) {
     }
 }
 
-/// A container `mountPath` the engine may inject: absolute and normalised,
-/// because the engine compares it with existing mounts as a string and the
-/// kubelet rejects `..` and (on Linux) `:`.
+/// A writable path: the engine's one rule ([`check_writable_path`]), so the
+/// configuration refuses exactly what an annotation would have ignored.
 pub fn check_mount_path(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
-        return Err("must be an absolute path");
-    }
-    if path == "/" {
-        return Err("must not be the root directory");
-    }
-    if path.contains(':') {
-        return Err("must not contain `:`");
-    }
-    if path.ends_with('/') {
-        return Err("must not end with `/`");
-    }
-    if path.split('/').skip(1).any(|part| part.is_empty()) {
-        return Err("must not contain `//`");
-    }
-    if path.split('/').any(|part| part == ".." || part == ".") {
-        return Err("must not contain `.` or `..` components");
-    }
-    if path.chars().any(char::is_control) {
-        return Err("must not contain control characters");
-    }
-    Ok(())
+    check_writable_path(path).map(|_| ())
 }
 
 /// A namespace name (RFC 1123 label).
@@ -199,11 +216,7 @@ pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 63 {
         return Err("is not a namespace name (1 to 63 characters)");
     }
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let alnum_ends = !name.starts_with('-') && !name.ends_with('-');
-    if valid_chars && alnum_ends {
+    if is_dns_label(name) {
         Ok(())
     } else {
         Err(

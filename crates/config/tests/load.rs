@@ -10,6 +10,7 @@ use std::path::Path;
 
 use figment::Jail;
 use kube_hardener_config::{Config, ConfigError, DEFAULT_TOML, Origin};
+use kube_hardener_engine::Setting;
 
 fn load(file: Option<&str>) -> Result<Config, ConfigError> {
     Config::load(file.map(Path::new))
@@ -115,14 +116,19 @@ fn file_then_env_layering() {
             config.hardening.writable_paths,
             vec!["/tmp".to_owned(), "/var/cache/nginx".to_owned()]
         );
-        assert!(!config.hardening.settings.capabilities);
+        assert!(!config.hardening.settings.is_on(Setting::Capabilities));
         assert!(config.server.audit);
         assert_eq!(
             config.server.own_namespace.as_deref(),
             Some("kube-hardener")
         );
         // untouched keys keep the default
-        assert!(config.hardening.settings.read_only_root_filesystem);
+        assert!(
+            config
+                .hardening
+                .settings
+                .is_on(Setting::ReadOnlyRootFilesystem)
+        );
         assert_eq!(
             config.hardening.excluded_namespaces,
             Config::default().hardening.excluded_namespaces
@@ -140,7 +146,7 @@ fn env_sets_nested_switches_and_lists() {
         jail.set_env("KUBE_HARDENER_HARDENING__EXCLUDED_NAMESPACES", "[]");
         jail.set_env("kube_hardener_server__audit", "true");
         let config = load(None).expect("loads");
-        assert!(!config.hardening.settings.capabilities);
+        assert!(!config.hardening.settings.is_on(Setting::Capabilities));
         assert_eq!(config.hardening.writable_paths, vec!["/tmp", "/cache"]);
         assert!(config.hardening.excluded_namespaces.is_empty());
         assert!(config.server.audit, "names are case-insensitive");
@@ -297,7 +303,7 @@ fn writable_path_problems_name_the_list_element() {
     Jail::expect_with(|jail| {
         jail.set_env(
             "KUBE_HARDENER_HARDENING__WRITABLE_PATHS",
-            "[/tmp, tmp, /a/../b, /c:d, /tmp, /, /x/]",
+            "[/tmp, tmp, /a/../b, /c:d, /tmp/, /, /proc/x]",
         );
         let error = load_err(None);
         let got: Vec<(String, String)> = error
@@ -324,7 +330,7 @@ fn writable_path_problems_name_the_list_element() {
                 ),
                 (
                     "hardening.writable_paths[4]".into(),
-                    "`/tmp` is listed twice".into()
+                    "`/tmp/` is listed twice".into()
                 ),
                 (
                     "hardening.writable_paths[5]".into(),
@@ -332,7 +338,8 @@ fn writable_path_problems_name_the_list_element() {
                 ),
                 (
                     "hardening.writable_paths[6]".into(),
-                    "`/x/` must not end with `/`".into()
+                    "`/proc/x` must not be in /proc, /sys or /dev, which the container runtime sets up"
+                        .into()
                 ),
             ]
         );

@@ -6,22 +6,25 @@
 //! Patches are computed against the object exactly as received, so fields this
 //! crate does not know about are never touched.
 
-mod engine;
+// Where things live: the entry points (`harden`), where each kind keeps its
+// pod spec (`layout`), the checked view of a pod spec the rules read
+// (`view`), one module per rule under `rules/`, and the patch they build.
+mod harden;
+mod layout;
 mod opt_out;
 mod outcome;
 mod patch;
-mod pod_spec;
 mod policy;
 mod rules;
 mod setting;
 mod shape;
 mod view;
-mod warnings;
 mod writable;
 
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
-pub use policy::{Policy, SettingSwitches};
-pub use setting::{Setting, UnknownSetting};
+pub use policy::Policy;
+pub use setting::{FLAG_KEYS, Row, Setting, SettingSwitches, Switch, TABLE, UnknownSetting};
+pub use writable::{MAX_WRITABLE_PATHS, check_writable_path, is_dns_label};
 
 use std::collections::BTreeMap;
 
@@ -66,7 +69,7 @@ pub fn harden(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Outcome, EngineError> {
-    engine::harden(object, ctx, policy)
+    harden::harden(object, ctx, policy)
 }
 
 /// Computes the patch for an UPDATE of the `pods/ephemeralcontainers`
@@ -79,5 +82,5 @@ pub fn harden_new_ephemeral_containers(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Outcome, EngineError> {
-    engine::harden_new_ephemeral_containers(new_pod, old_pod, ctx, policy)
+    harden::harden_new_ephemeral_containers(new_pod, old_pod, ctx, policy)
 }

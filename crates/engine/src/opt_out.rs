@@ -1,50 +1,8 @@
 //! The `kube-hardener.io/skip` opt-out annotation and the set of settings it names.
 
+use crate::setting::SettingSet;
 use crate::shape::clip;
 use crate::{Setting, Warning, WarningKind};
-
-/// A small set of [`Setting`]s, iterated in canonical order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct SettingSet(u16);
-
-impl FromIterator<Setting> for SettingSet {
-    fn from_iter<I: IntoIterator<Item = Setting>>(settings: I) -> Self {
-        let mut set = SettingSet::default();
-        for setting in settings {
-            set.insert(setting);
-        }
-        set
-    }
-}
-
-impl SettingSet {
-    const fn bit(setting: Setting) -> u16 {
-        1 << (setting as u16)
-    }
-
-    pub(crate) fn insert(&mut self, setting: Setting) {
-        self.0 |= Self::bit(setting);
-    }
-
-    pub(crate) fn contains(self, setting: Setting) -> bool {
-        self.0 & Self::bit(setting) != 0
-    }
-
-    pub(crate) fn union(self, other: SettingSet) -> SettingSet {
-        SettingSet(self.0 | other.0)
-    }
-
-    pub(crate) fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    pub(crate) fn to_vec(self) -> Vec<Setting> {
-        Setting::ALL
-            .into_iter()
-            .filter(|s| self.contains(*s))
-            .collect()
-    }
-}
 
 /// What a `skip` annotation asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,6 +33,45 @@ pub enum Disposition {
     UnsupportedKind(String),
 }
 
+impl Disposition {
+    /// The disposition as one stable word, for machine-readable output.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Disposition::Hardened => "hardened",
+            Disposition::ExcludedNamespace(_) => "excluded-namespace",
+            Disposition::SkippedAll => "skipped-all",
+            Disposition::UnsupportedKind(_) => "unsupported-kind",
+        }
+    }
+
+    /// Why an object is left as it is, in words; `None` for an object that
+    /// was looked at (whatever its patch).
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Disposition::Hardened => None,
+            Disposition::ExcludedNamespace(namespace) => Some(format!(
+                "namespace {namespace} is excluded by the configuration"
+            )),
+            Disposition::SkippedAll => {
+                Some(format!("opted out with {}: all", crate::ANNOTATION_SKIP))
+            }
+            Disposition::UnsupportedKind(kind) => Some(format!("{kind} is not a Pod or workload")),
+        }
+    }
+}
+
+impl Outcome {
+    /// The injected settings by name, canonical order, comma-separated: the
+    /// value of `kube-hardener.io/applied` and of every "applied" output.
+    pub fn applied_names(&self) -> String {
+        self.applied
+            .iter()
+            .map(|setting| setting.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// Something an operator should know about the object. Rendered as an admission
 /// warning, so `message` stays short (the API server truncates long ones).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,14 +9,16 @@
 //! whole. Every operation therefore applies to the original in order, and
 //! nothing is cloned but the values being added.
 
+use std::collections::HashMap;
+
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
 /// One unescaped JSON-pointer token. Every key the engine writes is a
 /// constant, so paths are cheap to copy and compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tok {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Token {
     Key(&'static str),
     Index(usize),
     /// `-`: the end of an array.
@@ -26,13 +28,13 @@ pub(crate) enum Tok {
 /// The JSON pointer for a list of tokens. Keys are escaped as RFC 6901
 /// requires (`~` → `~0`, `/` → `~1`): annotation keys such as
 /// `kube-hardener.io/applied` contain a `/`.
-pub(crate) fn pointer(tokens: &[Tok]) -> PointerBuf {
+pub(crate) fn pointer(tokens: &[Token]) -> PointerBuf {
     let mut pointer = PointerBuf::new();
     for token in tokens {
         match *token {
-            Tok::Key(key) => pointer.push_back(key),
-            Tok::Index(index) => pointer.push_back(index),
-            Tok::End => pointer.push_back("-"),
+            Token::Key(key) => pointer.push_back(key),
+            Token::Index(index) => pointer.push_back(index),
+            Token::End => pointer.push_back("-"),
         }
     }
     pointer
@@ -41,7 +43,7 @@ pub(crate) fn pointer(tokens: &[Tok]) -> PointerBuf {
 #[derive(Debug)]
 struct Op {
     replace: bool,
-    path: Vec<Tok>,
+    path: Vec<Token>,
     value: Value,
 }
 
@@ -50,22 +52,26 @@ struct Op {
 pub(crate) struct PatchBuilder<'v> {
     root: &'v Value,
     ops: Vec<Op>,
+    /// Index into `ops` of the pending `add` at each path. A pod with
+    /// thousands of containers adds thousands of operations; a linear search
+    /// here made a review cost the square of its container count.
+    pending: HashMap<Vec<Token>, usize>,
 }
 
 /// The child of `node` at `token`; `null` counts as absent.
-fn child(node: &Value, token: Tok) -> Option<&Value> {
+fn child(node: &Value, token: Token) -> Option<&Value> {
     let next = match (node, token) {
-        (Value::Object(map), Tok::Key(key)) => map.get(key),
-        (Value::Array(items), Tok::Index(index)) => items.get(index),
+        (Value::Object(map), Token::Key(key)) => map.get(key),
+        (Value::Array(items), Token::Index(index)) => items.get(index),
         _ => None,
     };
     next.filter(|v| !v.is_null())
 }
 
 /// Walks (creating as needed) nested objects inside a value the builder owns.
-fn descend<'a>(mut slot: &'a mut Value, rest: &[Tok]) -> Option<&'a mut Map<String, Value>> {
+fn descend<'a>(mut slot: &'a mut Value, rest: &[Token]) -> Option<&'a mut Map<String, Value>> {
     for token in rest {
-        let Tok::Key(key) = *token else {
+        let Token::Key(key) = *token else {
             return None;
         };
         slot = slot
@@ -81,11 +87,28 @@ impl<'v> PatchBuilder<'v> {
         PatchBuilder {
             root,
             ops: Vec::new(),
+            pending: HashMap::new(),
         }
     }
 
+    /// Records an `add`; the first one at a path is the one later fields
+    /// below that path merge into.
+    fn add(&mut self, path: Vec<Token>, value: Value) -> usize {
+        let index = self.ops.len();
+        // An append (`…/-`) is never a parent that later fields merge into.
+        if path.last() != Some(&Token::End) {
+            self.pending.entry(path.clone()).or_insert(index);
+        }
+        self.ops.push(Op {
+            replace: false,
+            path,
+            value,
+        });
+        index
+    }
+
     /// How many leading tokens of `path` exist in the original object.
-    fn existing_depth(&self, path: &[Tok]) -> usize {
+    fn existing_depth(&self, path: &[Token]) -> usize {
         let mut node = self.root;
         for (depth, token) in path.iter().enumerate() {
             match child(node, *token) {
@@ -98,21 +121,10 @@ impl<'v> PatchBuilder<'v> {
 
     /// The value of the pending `add` at exactly `path`, created with `empty`
     /// when there is none yet.
-    fn pending(&mut self, path: &[Tok], empty: fn() -> Value) -> &mut Value {
-        let found = self
-            .ops
-            .iter()
-            .position(|op| !op.replace && op.path.as_slice() == path);
-        let index = match found {
-            Some(index) => index,
-            None => {
-                self.ops.push(Op {
-                    replace: false,
-                    path: path.to_vec(),
-                    value: empty(),
-                });
-                self.ops.len() - 1
-            }
+    fn pending(&mut self, path: &[Token], empty: fn() -> Value) -> &mut Value {
+        let index = match self.pending.get(path) {
+            Some(&index) => index,
+            None => self.add(path.to_vec(), empty()),
         };
         &mut self.ops[index].value
     }
@@ -120,16 +132,12 @@ impl<'v> PatchBuilder<'v> {
     /// Sets `key` to `value` in the object at `parent`, creating `parent` (and
     /// any missing ancestors) when absent. The caller has checked that `key`
     /// is not set in the original.
-    pub(crate) fn set(&mut self, parent: &[Tok], key: &'static str, value: Value) {
+    pub(crate) fn set(&mut self, parent: &[Token], key: &'static str, value: Value) {
         let depth = self.existing_depth(parent);
         if depth == parent.len() {
             let mut path = parent.to_vec();
-            path.push(Tok::Key(key));
-            self.ops.push(Op {
-                replace: false,
-                path,
-                value,
-            });
+            path.push(Token::Key(key));
+            self.add(path, value);
             return;
         }
         let (create, rest) = parent.split_at(depth + 1);
@@ -141,16 +149,12 @@ impl<'v> PatchBuilder<'v> {
 
     /// Appends `value` to the array at `array`, creating the array (and any
     /// missing ancestors) when absent.
-    pub(crate) fn push(&mut self, array: &[Tok], value: Value) {
+    pub(crate) fn push(&mut self, array: &[Token], value: Value) {
         let depth = self.existing_depth(array);
         if depth == array.len() {
             let mut path = array.to_vec();
-            path.push(Tok::End);
-            self.ops.push(Op {
-                replace: false,
-                path,
-                value,
-            });
+            path.push(Token::End);
+            self.add(path, value);
             return;
         }
         let (create, rest) = array.split_at(depth + 1);
@@ -159,7 +163,7 @@ impl<'v> PatchBuilder<'v> {
             Some((last, between)) => {
                 let slot = self.pending(create, || Value::Object(Map::new()));
                 match (descend(slot, between), last) {
-                    (Some(map), Tok::Key(key)) => {
+                    (Some(map), Token::Key(key)) => {
                         Some(map.entry(*key).or_insert_with(|| Value::Array(Vec::new())))
                     }
                     _ => None,
@@ -172,7 +176,7 @@ impl<'v> PatchBuilder<'v> {
     }
 
     /// Replaces the existing value at `path`.
-    pub(crate) fn replace(&mut self, path: Vec<Tok>, value: Value) {
+    pub(crate) fn replace(&mut self, path: Vec<Token>, value: Value) {
         self.ops.push(Op {
             replace: true,
             path,
@@ -208,9 +212,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn toks(path: &[&'static str]) -> Vec<Tok> {
+    fn toks(path: &[&'static str]) -> Vec<Token> {
         path.iter()
-            .map(|t| t.parse().map_or(Tok::Key(t), Tok::Index))
+            .map(|t| t.parse().map_or(Token::Key(t), Token::Index))
             .collect()
     }
 
@@ -229,7 +233,12 @@ mod tests {
         ];
         for (raw, escaped) in cases {
             let raw: &'static str = Box::leak(raw.to_owned().into_boxed_str());
-            let tokens = vec![Tok::Key("metadata"), Tok::Key(raw), Tok::Index(3), Tok::End];
+            let tokens = vec![
+                Token::Key("metadata"),
+                Token::Key(raw),
+                Token::Index(3),
+                Token::End,
+            ];
             assert_eq!(
                 pointer(&tokens).as_str(),
                 format!("/metadata/{escaped}/3/-")
@@ -241,14 +250,14 @@ mod tests {
     fn creates_a_missing_parent_once_and_merges_later_fields_into_it() {
         let root = json!({"spec": {"containers": [{"name": "a"}]}});
         let mut b = PatchBuilder::new(&root);
-        let sc = toks(&["spec", "containers", "0", "securityContext"]);
-        b.set(&sc, "allowPrivilegeEscalation", json!(false));
+        let security_context = toks(&["spec", "containers", "0", "securityContext"]);
+        b.set(&security_context, "allowPrivilegeEscalation", json!(false));
         b.set(
             &toks(&["spec", "containers", "0", "securityContext", "capabilities"]),
             "drop",
             json!(["ALL"]),
         );
-        b.set(&sc, "readOnlyRootFilesystem", json!(true));
+        b.set(&security_context, "readOnlyRootFilesystem", json!(true));
         assert_eq!(
             ops(b),
             json!([{"op": "add", "path": "/spec/containers/0/securityContext", "value": {

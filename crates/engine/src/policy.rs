@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use crate::setting::{Setting, SettingSwitches, Switch};
+
 /// The hardening policy: the `[hardening]` table of the configuration.
 /// `Policy::default()` equals the embedded `config/default.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,27 +45,13 @@ impl Default for Policy {
     }
 }
 
-/// One switch per default-on setting; `false` turns it off cluster-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SettingSwitches {
-    pub run_as_non_root: bool,
-    pub seccomp_profile: bool,
-    pub allow_privilege_escalation: bool,
-    pub capabilities: bool,
-    pub read_only_root_filesystem: bool,
-    pub fs_group_change_policy: bool,
-}
-
-impl Default for SettingSwitches {
-    fn default() -> Self {
-        SettingSwitches {
-            run_as_non_root: true,
-            seccomp_profile: true,
-            allow_privilege_escalation: true,
-            capabilities: true,
-            read_only_root_filesystem: true,
-            fs_group_change_policy: true,
+impl Policy {
+    /// Whether the configuration turns `setting` on at all (its switch, or
+    /// the value it injects). Opt-outs and the platform come on top.
+    pub fn enables(&self, setting: Setting) -> bool {
+        match setting.row().switch {
+            Switch::Flag(_) => self.settings.is_on(setting),
+            Switch::Value(has_value) => has_value(self),
         }
     }
 }

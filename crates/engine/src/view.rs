@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
-use crate::EngineError;
-use crate::patch::Tok;
+use crate::patch::Token;
 use crate::shape::{self, Object};
+use crate::{EngineError, writable};
 
 /// The three container lists of a pod spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,46 +61,52 @@ pub(crate) struct SecurityContext<'v> {
 
 impl<'v> SecurityContext<'v> {
     fn parse(owner: &'v Object, base: &str, pod_level: bool) -> Result<Self, EngineError> {
-        let Some(sc) = shape::object(owner, base, "securityContext")? else {
+        let Some(security_context) = shape::object(owner, base, "securityContext")? else {
             return Ok(SecurityContext::default());
         };
         let at = shape::join(base, "securityContext");
         let mut out = SecurityContext {
-            run_as_non_root: shape::boolean(sc, &at, "runAsNonRoot")?,
-            run_as_user: shape::integer(sc, &at, "runAsUser")?,
-            run_as_group: shape::integer(sc, &at, "runAsGroup")?,
+            run_as_non_root: shape::boolean(security_context, &at, "runAsNonRoot")?,
+            run_as_user: shape::integer(security_context, &at, "runAsUser")?,
+            run_as_group: shape::integer(security_context, &at, "runAsGroup")?,
             ..SecurityContext::default()
         };
-        if let Some(seccomp) = shape::object(sc, &at, "seccompProfile")? {
+        if let Some(seccomp) = shape::object(security_context, &at, "seccompProfile")? {
             out.seccomp = Some(shape::string(
                 seccomp,
                 &shape::join(&at, "seccompProfile"),
                 "type",
             )?);
         }
-        if let Some(selinux) = shape::object(sc, &at, "seLinuxOptions")? {
+        if let Some(selinux) = shape::object(security_context, &at, "seLinuxOptions")? {
             out.se_linux_type =
                 shape::string(selinux, &shape::join(&at, "seLinuxOptions"), "type")?;
         }
-        if let Some(windows) = shape::object(sc, &at, "windowsOptions")? {
+        if let Some(windows) = shape::object(security_context, &at, "windowsOptions")? {
             let windows_at = shape::join(&at, "windowsOptions");
             out.run_as_user_name = shape::string(windows, &windows_at, "runAsUserName")?;
             out.host_process = shape::boolean(windows, &windows_at, "hostProcess")?;
         }
         if pod_level {
-            out.fs_group = shape::integer(sc, &at, "fsGroup")?;
-            out.fs_group_change_policy = shape::string(sc, &at, "fsGroupChangePolicy")?;
+            out.fs_group = shape::integer(security_context, &at, "fsGroup")?;
+            out.fs_group_change_policy =
+                shape::string(security_context, &at, "fsGroupChangePolicy")?;
             let sysctls_at = shape::join(&at, "sysctls");
-            for (i, sysctl) in shape::objects(sc, &at, "sysctls")?.into_iter().enumerate() {
+            for (i, sysctl) in shape::objects(security_context, &at, "sysctls")?
+                .into_iter()
+                .enumerate()
+            {
                 let name = shape::string(sysctl, &format!("{sysctls_at}[{i}]"), "name")?;
                 out.sysctls.push(name.unwrap_or_default());
             }
         } else {
-            out.privileged = shape::boolean(sc, &at, "privileged")?;
-            out.allow_privilege_escalation = shape::boolean(sc, &at, "allowPrivilegeEscalation")?;
-            out.read_only_root_filesystem = shape::boolean(sc, &at, "readOnlyRootFilesystem")?;
-            out.proc_mount = shape::string(sc, &at, "procMount")?;
-            if let Some(caps) = shape::object(sc, &at, "capabilities")? {
+            out.privileged = shape::boolean(security_context, &at, "privileged")?;
+            out.allow_privilege_escalation =
+                shape::boolean(security_context, &at, "allowPrivilegeEscalation")?;
+            out.read_only_root_filesystem =
+                shape::boolean(security_context, &at, "readOnlyRootFilesystem")?;
+            out.proc_mount = shape::string(security_context, &at, "procMount")?;
+            if let Some(caps) = shape::object(security_context, &at, "capabilities")? {
                 let caps_at = shape::join(&at, "capabilities");
                 out.drop = shape::strings(caps, &caps_at, "drop")?;
                 out.add = shape::strings(caps, &caps_at, "add")?.unwrap_or_default();
@@ -117,7 +123,7 @@ pub(crate) struct ContainerView<'v> {
     pub index: usize,
     pub name: Option<&'v str>,
     spec_field: &'static str,
-    pub sc: SecurityContext<'v>,
+    pub security_context: SecurityContext<'v>,
     pub mount_paths: Vec<&'v str>,
     pub mount_names: Vec<&'v str>,
     /// `volumeDevices[*].devicePath`: the API server rejects a mount at the
@@ -142,17 +148,17 @@ impl ContainerView<'_> {
     }
 
     /// Pointer tokens of the container itself.
-    pub(crate) fn tokens(&self, spec: &[Tok]) -> Vec<Tok> {
+    pub(crate) fn tokens(&self, spec: &[Token]) -> Vec<Token> {
         let mut tokens = spec.to_vec();
-        tokens.push(Tok::Key(self.list.key()));
-        tokens.push(Tok::Index(self.index));
+        tokens.push(Token::Key(self.list.key()));
+        tokens.push(Token::Index(self.index));
         tokens
     }
 
     /// Pointer tokens of the container's `securityContext`.
-    pub(crate) fn sc_tokens(&self, spec: &[Tok]) -> Vec<Tok> {
+    pub(crate) fn security_context_tokens(&self, spec: &[Token]) -> Vec<Token> {
         let mut tokens = self.tokens(spec);
-        tokens.push(Tok::Key("securityContext"));
+        tokens.push(Token::Key("securityContext"));
         tokens
     }
 
@@ -172,27 +178,7 @@ impl ContainerView<'_> {
         self.mount_paths
             .iter()
             .chain(&self.device_paths)
-            .any(|p| same_path(p, path))
-    }
-}
-
-fn components(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/').filter(|c| !c.is_empty() && *c != ".")
-}
-
-/// Whether two absolute paths name the same directory (without following
-/// symlinks or `..`, which writable paths may not contain).
-pub(crate) fn same_path(a: &str, b: &str) -> bool {
-    a.starts_with('/') == b.starts_with('/') && components(a).eq(components(b))
-}
-
-/// `path` without trailing slashes, except that the root stays `/`.
-pub(crate) fn trim_path(path: &str) -> &str {
-    let trimmed = path.trim_end_matches('/');
-    if trimmed.is_empty() && path.starts_with('/') {
-        "/"
-    } else {
-        trimmed
+            .any(|p| writable::same_path(p, path))
     }
 }
 
@@ -207,7 +193,7 @@ pub(crate) struct VolumeView<'v> {
 pub(crate) struct PodView<'v> {
     /// `spec`, `spec.template.spec`, … for messages.
     pub field: &'static str,
-    pub sc: SecurityContext<'v>,
+    pub security_context: SecurityContext<'v>,
     pub windows: bool,
     pub containers: Vec<ContainerView<'v>>,
     pub volumes: Vec<VolumeView<'v>>,
@@ -222,7 +208,7 @@ impl<'v> PodView<'v> {
             Some(os) => shape::string(os, &shape::join(field, "os"), "name")? == Some("windows"),
             None => false,
         };
-        let sc = SecurityContext::parse(spec, field, true)?;
+        let security_context = SecurityContext::parse(spec, field, true)?;
         let mut containers = Vec::new();
         for list in ListKind::ALL {
             let items = shape::objects(spec, field, list.key())?;
@@ -244,11 +230,13 @@ impl<'v> PodView<'v> {
         }
         // HostProcess containers exist only on Windows nodes, so such a pod is
         // a Windows pod even when it does not declare `os.name`.
-        let host_process = sc.host_process == Some(true)
-            || containers.iter().any(|c| c.sc.host_process == Some(true));
+        let host_process = security_context.host_process == Some(true)
+            || containers
+                .iter()
+                .any(|c| c.security_context.host_process == Some(true));
         Ok(PodView {
             field,
-            sc,
+            security_context,
             windows: os_windows || host_process,
             containers,
             volumes,
@@ -296,7 +284,7 @@ fn parse_container<'v>(
         index,
         name,
         spec_field,
-        sc: SecurityContext::parse(container, at, false)?,
+        security_context: SecurityContext::parse(container, at, false)?,
         mount_paths,
         mount_names,
         device_paths,
@@ -373,19 +361,19 @@ mod tests {
         }))
         .unwrap();
         assert!(pod.windows && pod.host_pid && !pod.host_network && !pod.host_ipc);
-        assert_eq!(pod.sc.run_as_non_root, Some(false));
-        assert_eq!(pod.sc.run_as_user, Some(0));
-        assert_eq!(pod.sc.fs_group, Some(2000));
-        assert_eq!(pod.sc.fs_group_change_policy, Some("Always"));
-        assert_eq!(pod.sc.sysctls, vec!["kernel.msgmax"]);
-        assert_eq!(pod.sc.seccomp, Some(Some("Unconfined")));
+        assert_eq!(pod.security_context.run_as_non_root, Some(false));
+        assert_eq!(pod.security_context.run_as_user, Some(0));
+        assert_eq!(pod.security_context.fs_group, Some(2000));
+        assert_eq!(pod.security_context.fs_group_change_policy, Some("Always"));
+        assert_eq!(pod.security_context.sysctls, vec!["kernel.msgmax"]);
+        assert_eq!(pod.security_context.seccomp, Some(Some("Unconfined")));
         let c = &pod.containers[0];
-        assert_eq!(c.sc.privileged, Some(true));
-        assert_eq!(c.sc.add, vec!["SYS_ADMIN"]);
-        assert_eq!(c.sc.drop, Some(vec!["all"]));
-        assert_eq!(c.sc.proc_mount, Some("Unmasked"));
-        assert_eq!(c.sc.se_linux_type, Some("spc_t"));
-        assert_eq!(c.sc.read_only_root_filesystem, Some(false));
+        assert_eq!(c.security_context.privileged, Some(true));
+        assert_eq!(c.security_context.add, vec!["SYS_ADMIN"]);
+        assert_eq!(c.security_context.drop, Some(vec!["all"]));
+        assert_eq!(c.security_context.proc_mount, Some("Unmasked"));
+        assert_eq!(c.security_context.se_linux_type, Some("spc_t"));
+        assert_eq!(c.security_context.read_only_root_filesystem, Some(false));
         assert!(c.mounts("/tmp") && c.mounts("/tmp//") && c.mounts("//tmp/./") && !c.mounts("/tm"));
         assert!(!c.mounts("/tmp/x") && !c.mounts("tmp"));
         assert_eq!(c.mount_names, vec!["t"]);
@@ -494,13 +482,5 @@ mod tests {
             "containers": [{"securityContext": {"fsGroup": "not a container field"}, "x-extra": 1}]
         }));
         assert!(pod.is_ok());
-    }
-
-    #[test]
-    fn trim_path_keeps_root() {
-        assert_eq!(trim_path("/tmp///"), "/tmp");
-        assert_eq!(trim_path("/"), "/");
-        assert_eq!(trim_path("//"), "/");
-        assert_eq!(trim_path("rel/"), "rel");
     }
 }

@@ -1,52 +1,134 @@
 //! Writable paths for containers whose root filesystem becomes read-only, and
 //! the names of the emptyDir volumes mounted there.
 
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
 use crate::shape::clip;
-use crate::view::trim_path;
 use crate::{Warning, WarningKind};
 
-/// Why a writable path is refused.
-pub(crate) fn invalid_reason(path: &str) -> Option<&'static str> {
-    if !path.starts_with('/') {
-        Some("is not an absolute path")
-    } else if path.contains("..") {
-        Some("contains `..`")
-    } else if path.contains(':') {
-        Some("contains `:`")
-    } else if path.chars().any(char::is_control) {
-        Some("contains control characters")
-    } else if trim_path(path) == "/" {
-        Some("is the root directory")
-    } else if trim_path(path).contains("//") {
-        Some("contains `//`")
+fn components(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".")
+}
+
+/// Whether two absolute paths name the same directory (without following
+/// symlinks or `..`, which writable paths may not contain).
+pub(crate) fn same_path(a: &str, b: &str) -> bool {
+    a.starts_with('/') == b.starts_with('/') && components(a).eq(components(b))
+}
+
+/// `path` without trailing slashes, except that the root stays `/`.
+pub(crate) fn trim_path(path: &str) -> &str {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() && path.starts_with('/') {
+        "/"
     } else {
-        None
+        trimmed
     }
 }
 
-/// Valid, de-duplicated paths (trailing slashes trimmed) from a list; invalid
-/// entries become warnings on `field` and are skipped.
+/// Most writable paths one pod gets. Each becomes a volume per container,
+/// so an annotation listing thousands would make the patch (and the pod)
+/// grow with their product.
+pub const MAX_WRITABLE_PATHS: usize = 16;
+
+/// Directories the kubelet and runc set up themselves: an emptyDir over them
+/// fails the container or hides what it needs. Paths below them are refused
+/// too, except these.
+const RUNTIME_MANAGED: [&str; 3] = ["/proc", "/sys", "/dev"];
+const SAFE_BELOW_RUNTIME_MANAGED: [&str; 1] = ["/dev/shm"];
+
+/// The one rule for a writable path, wherever it comes from (configuration,
+/// annotation): absolute, no `.`/`..` components, no `:`, no `//`, no
+/// control characters, not `/`, and not a directory the runtime manages.
+/// A trailing `/` is allowed and dropped. Returns the path to mount.
+pub fn check_writable_path(path: &str) -> Result<&str, &'static str> {
+    let trimmed = trim_path(path);
+    if !path.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    if trimmed == "/" {
+        return Err("must not be the root directory");
+    }
+    if path.contains(':') {
+        return Err("must not contain `:`");
+    }
+    if trimmed.split('/').skip(1).any(str::is_empty) {
+        return Err("must not contain `//`");
+    }
+    if trimmed.split('/').any(|part| part == ".." || part == ".") {
+        return Err("must not contain `.` or `..` components");
+    }
+    if path.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    let below = |root: &str| trimmed == root || trimmed.starts_with(&format!("{root}/"));
+    if RUNTIME_MANAGED.iter().any(|root| below(root))
+        && !SAFE_BELOW_RUNTIME_MANAGED.iter().any(|safe| below(safe))
+    {
+        return Err("must not be in /proc, /sys or /dev, which the container runtime sets up");
+    }
+    Ok(trimmed)
+}
+
+/// Valid, de-duplicated paths (trailing slashes trimmed) from a list, at most
+/// [`MAX_WRITABLE_PATHS`]; invalid entries become warnings on `field` and
+/// are skipped.
 pub(crate) fn collect<'a>(
     entries: impl IntoIterator<Item = &'a str>,
     field: &str,
     warnings: &mut Vec<Warning>,
 ) -> Vec<&'a str> {
     let mut paths: Vec<&'a str> = Vec::new();
+    let mut seen: HashSet<&'a str> = HashSet::new();
+    let mut dropped = 0usize;
     for entry in entries.into_iter().map(str::trim).filter(|e| !e.is_empty()) {
-        if let Some(reason) = invalid_reason(entry) {
-            warnings.push(Warning {
-                kind: WarningKind::Annotation,
-                field: field.to_owned(),
-                message: format!("writable path `{}` {reason}; ignored", clip(entry, 60)),
-            });
+        let path = match check_writable_path(entry) {
+            Ok(path) => path,
+            Err(reason) => {
+                // One warning per problem is plenty; the count says the rest.
+                if warnings.len() < MAX_WRITABLE_PATHS {
+                    warnings.push(Warning {
+                        kind: WarningKind::Annotation,
+                        field: field.to_owned(),
+                        message: format!("writable path `{}` {reason}; ignored", clip(entry, 60)),
+                    });
+                }
+                continue;
+            }
+        };
+        if !seen.insert(path) {
             continue;
         }
-        let path = trim_path(entry);
-        if !paths.contains(&path) {
-            paths.push(path);
+        if paths.len() == MAX_WRITABLE_PATHS {
+            dropped += 1;
+            continue;
         }
+        paths.push(path);
+    }
+    if dropped > 0 {
+        warnings.push(Warning {
+            kind: WarningKind::Annotation,
+            field: field.to_owned(),
+            message: format!(
+                "more than {MAX_WRITABLE_PATHS} writable paths; the last {dropped} are ignored"
+            ),
+        });
     }
     paths
+}
+
+/// An RFC 1123 label, as Kubernetes requires for volume, namespace and
+/// Service names: 1 to 63 lower-case letters, digits and `-`, alphanumeric
+/// at both ends. The one check of it in the project.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// FNV-1a, 32 bits: a stable hash (unlike `std`'s, which is seeded per process)
@@ -90,18 +172,25 @@ fn base_name(container: &str, path: &str) -> String {
 /// Hands out volume names that clash with nothing in the pod.
 #[derive(Debug)]
 pub(crate) struct VolumeNamer<'v> {
-    taken: Vec<std::borrow::Cow<'v, str>>,
+    /// A set, not a list: every container of a large pod asks for a name,
+    /// and each question must cost the same whatever the pod's size.
+    taken: HashSet<Cow<'v, str>>,
+    /// Where counting resumes for each prefix, so that many clashing names
+    /// (duplicate container names before the API server rejects them) do
+    /// not rescan the numbers already handed out.
+    next_number: HashMap<String, usize>,
 }
 
 impl<'v> VolumeNamer<'v> {
     pub(crate) fn new(taken: impl IntoIterator<Item = &'v str>) -> Self {
         VolumeNamer {
-            taken: taken.into_iter().map(std::borrow::Cow::Borrowed).collect(),
+            taken: taken.into_iter().map(Cow::Borrowed).collect(),
+            next_number: HashMap::new(),
         }
     }
 
     fn is_free(&self, name: &str) -> bool {
-        !self.taken.iter().any(|t| t == name)
+        !self.taken.contains(name)
     }
 
     /// The name for the volume of `container` at `path`, reserved on return.
@@ -112,11 +201,11 @@ impl<'v> VolumeNamer<'v> {
         } else {
             self.hashed(&base, container, path)
         };
-        self.taken.push(std::borrow::Cow::Owned(name.clone()));
+        self.taken.insert(Cow::Owned(name.clone()));
         name
     }
 
-    fn hashed(&self, base: &str, container: &str, path: &str) -> String {
+    fn hashed(&mut self, base: &str, container: &str, path: &str) -> String {
         let prefix = base[..base.len().min(MAX_LABEL - HASH_SUFFIX)].trim_end_matches('-');
         // A hash collision with a name already in the pod is astronomically
         // unlikely; salting a few times and then counting keeps it impossible.
@@ -132,11 +221,16 @@ impl<'v> VolumeNamer<'v> {
                 return candidate;
             }
         }
-        let short = &prefix[..prefix.len().min(MAX_LABEL - 12)];
-        (0..=self.taken.len())
-            .map(|n| format!("{}-{n}", short.trim_end_matches('-')))
-            .find(|candidate| self.is_free(candidate))
-            .unwrap_or_else(|| format!("kh-{}", self.taken.len()))
+        let short = prefix[..prefix.len().min(MAX_LABEL - 12)].trim_end_matches('-');
+        let start = self.next_number.get(short).copied().unwrap_or(0);
+        // At most `taken.len() + 1` numbers from `start` are tried before one
+        // is free (each taken name blocks one number).
+        let (number, name) = (start..=start + self.taken.len())
+            .map(|n| (n, format!("{short}-{n}")))
+            .find(|(_, candidate)| self.is_free(candidate))
+            .unwrap_or_else(|| (start, format!("kh-{}", self.taken.len())));
+        self.next_number.insert(short.to_owned(), number + 1);
+        name
     }
 }
 
@@ -144,35 +238,71 @@ impl<'v> VolumeNamer<'v> {
 mod tests {
     use super::*;
 
-    fn is_dns1123_label(name: &str) -> bool {
-        !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-')
-            && !name.ends_with('-')
+    #[test]
+    fn trim_path_keeps_root() {
+        assert_eq!(trim_path("/tmp///"), "/tmp");
+        assert_eq!(trim_path("/"), "/");
+        assert_eq!(trim_path("//"), "/");
+        assert_eq!(trim_path("rel/"), "rel");
     }
 
     #[test]
     fn validates_paths() {
+        let runtime = "must not be in /proc, /sys or /dev, which the container runtime sets up";
         let cases = [
-            ("/tmp", None),
-            ("/var/cache/nginx/", None),
-            ("tmp", Some("is not an absolute path")),
-            ("/var/../etc", Some("contains `..`")),
-            ("/a..b", Some("contains `..`")),
-            ("C:/temp", Some("is not an absolute path")),
-            ("/c:/temp", Some("contains `:`")),
-            ("/", Some("is the root directory")),
-            ("///", Some("is the root directory")),
-            ("/a//b", Some("contains `//`")),
-            ("/a/b//", None),
-            ("/tmp\n/x", Some("contains control characters")),
+            ("/tmp", Ok("/tmp")),
+            ("/var/cache/nginx/", Ok("/var/cache/nginx")),
+            ("/a/b//", Ok("/a/b")),
+            ("/a..b", Ok("/a..b")),
+            ("tmp", Err("must be an absolute path")),
+            (
+                "/var/../etc",
+                Err("must not contain `.` or `..` components"),
+            ),
+            ("/var/./etc", Err("must not contain `.` or `..` components")),
+            ("C:/temp", Err("must be an absolute path")),
+            ("/c:/temp", Err("must not contain `:`")),
+            ("/", Err("must not be the root directory")),
+            ("///", Err("must not be the root directory")),
+            ("/a//b", Err("must not contain `//`")),
+            ("/tmp\n/x", Err("must not contain control characters")),
+            ("/proc", Err(runtime)),
+            ("/proc/", Err(runtime)),
+            ("/proc/sys/net", Err(runtime)),
+            ("/sys", Err(runtime)),
+            ("/sys/fs/cgroup", Err(runtime)),
+            ("/dev", Err(runtime)),
+            ("/dev/pts", Err(runtime)),
+            ("/dev/shm", Ok("/dev/shm")),
+            ("/dev/shm/app", Ok("/dev/shm/app")),
+            ("/devices", Ok("/devices")),
+            ("/process", Ok("/process")),
+            ("/system", Ok("/system")),
         ];
-        for (path, reason) in cases {
-            assert_eq!(invalid_reason(path), reason, "{path}");
+        for (path, expected) in cases {
+            assert_eq!(check_writable_path(path), expected, "{path}");
         }
+    }
+
+    #[test]
+    fn collect_caps_the_number_of_paths_and_says_so() {
+        let entries: Vec<String> = (0..10_000).map(|i| format!("/data/{i}")).collect();
+        let mut warnings = Vec::new();
+        let paths = collect(entries.iter().map(String::as_str), "f", &mut warnings);
+        assert_eq!(paths.len(), MAX_WRITABLE_PATHS);
+        assert_eq!(paths[0], "/data/0");
+        assert_eq!(
+            warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec![format!(
+                "f: more than {MAX_WRITABLE_PATHS} writable paths; the last {} are ignored",
+                10_000 - MAX_WRITABLE_PATHS
+            )]
+        );
+        // Many invalid entries warn a bounded number of times.
+        let bad: Vec<String> = (0..10_000).map(|i| format!("rel/{i}")).collect();
+        let mut warnings = Vec::new();
+        assert!(collect(bad.iter().map(String::as_str), "f", &mut warnings).is_empty());
+        assert_eq!(warnings.len(), MAX_WRITABLE_PATHS);
     }
 
     #[test]
@@ -187,7 +317,7 @@ mod tests {
         assert_eq!(warnings.len(), 1);
         assert_eq!(
             warnings[0].to_string(),
-            "metadata.annotations[kube-hardener.io/writable-paths]: writable path `relative` is not an absolute path; ignored"
+            "metadata.annotations[kube-hardener.io/writable-paths]: writable path `relative` must be an absolute path; ignored"
         );
     }
 
@@ -221,7 +351,7 @@ mod tests {
         let name = namer.name(&long, "/tmp");
         let hash = fnv1a32(&[long.as_bytes(), b"\0", b"/tmp"]);
         assert_eq!(name, format!("kh-{}-{hash:08x}", "c".repeat(51)));
-        assert!(is_dns1123_label(&name));
+        assert!(is_dns_label(&name));
 
         let mut namer = VolumeNamer::new(["kh-app-tmp"]);
         let name = namer.name("app", "/tmp");
@@ -234,7 +364,7 @@ mod tests {
         let second = namer.name("a", "/b/tmp");
         assert_eq!(first, "kh-a-b-tmp");
         assert_ne!(first, second);
-        assert!(is_dns1123_label(&second));
+        assert!(is_dns_label(&second));
     }
 
     #[test]
@@ -272,7 +402,7 @@ mod tests {
         for c in containers {
             for p in paths {
                 let name = namer.name(c, p);
-                assert!(is_dns1123_label(&name), "{name}");
+                assert!(is_dns_label(&name), "{name}");
             }
         }
     }

@@ -283,15 +283,12 @@ fn policy() -> impl Strategy<Value = Policy> {
     )
         .prop_map(|(switches, user, group, fs_group, paths)| {
             let mut policy = Policy::default();
-            let s = &mut policy.settings;
-            [
-                s.run_as_non_root,
-                s.seccomp_profile,
-                s.allow_privilege_escalation,
-                s.capabilities,
-                s.read_only_root_filesystem,
-                s.fs_group_change_policy,
-            ] = switches;
+            let flags = kube_hardener_engine::TABLE
+                .iter()
+                .filter(|row| matches!(row.switch, kube_hardener_engine::Switch::Flag(_)));
+            for (row, on) in flags.zip(switches) {
+                policy.settings.set(row.setting, on);
+            }
             policy.run_as_user = user;
             policy.run_as_group = group;
             policy.fs_group = fs_group;
@@ -558,16 +555,6 @@ const WINDOWS_FORBIDDEN_CONTAINER: [&str; 10] = [
     "seccompProfile",
 ];
 
-fn is_dns1123_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
 /// The rules of kube-apiserver's pod validation (pkg/apis/core/validation)
 /// and of the kubelet's start-up checks that a mutation of security
 /// contexts, volumes and mounts could break, as a list of violations.
@@ -600,7 +587,7 @@ fn api_violations(pod: &Value) -> BTreeSet<String> {
     let mut volumes = BTreeSet::new();
     for volume in spec["volumes"].as_array().into_iter().flatten() {
         let name = volume["name"].as_str().unwrap_or_default();
-        if !is_dns1123_label(name) {
+        if !kube_hardener_engine::is_dns_label(name) {
             v.insert(format!("volume name {name:?} is not a DNS-1123 label"));
         }
         if !volumes.insert(name.to_owned()) {

@@ -107,14 +107,7 @@ fn validate(args: &CertsArgs) -> Result<()> {
 
 /// RFC 1123 label, as Kubernetes requires for namespace and Service names.
 fn check_label(flag: &str, value: &str) -> Result<()> {
-    let valid = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if !valid {
+    if !kube_hardener_engine::is_dns_label(value) {
         bail!(
             "{flag} `{value}`: must be a DNS label (at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit)"
         );

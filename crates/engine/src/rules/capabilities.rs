@@ -6,13 +6,13 @@
 
 use serde_json::Value;
 
-use super::{Edits, Rules};
+use super::{Edits, RuleInput};
 use crate::Setting;
-use crate::patch::Tok;
+use crate::patch::Token;
 use crate::view::ContainerView;
 
 pub(super) fn container<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
 ) {
@@ -20,16 +20,16 @@ pub(super) fn container<'v>(
         return;
     }
     let drops_all = container
-        .sc
+        .security_context
         .drop
         .as_ref()
         .is_some_and(|drop| drop.contains(&"ALL"));
     if drops_all {
         return;
     }
-    let mut drop = container.sc_tokens(&rules.spec);
-    drop.push(Tok::Key("capabilities"));
-    drop.push(Tok::Key("drop"));
+    let mut drop = container.security_context_tokens(&rules.spec);
+    drop.push(Token::Key("capabilities"));
+    drop.push(Token::Key("drop"));
     edits.patch.push(&drop, Value::from("ALL"));
     edits.applied.insert(Setting::Capabilities);
 }
@@ -38,7 +38,7 @@ pub(super) fn container<'v>(
 mod tests {
     use super::super::test_support::*;
     use crate::Setting;
-    use crate::opt_out::SettingSet;
+    use crate::setting::SettingSet;
     use serde_json::json;
 
     #[test]
@@ -80,15 +80,15 @@ mod tests {
                 1,
             ),
         ];
-        for (sc, expected, ops) in cases {
-            let spec = json!({"containers": [{"name": "c", "securityContext": sc}]});
+        for (security_context, expected, ops) in cases {
+            let spec = json!({"containers": [{"name": "c", "securityContext": security_context}]});
             let run = run_with(spec, &policy, SettingSet::default(), None);
             assert_eq!(
                 run.output["containers"][0]["securityContext"]["capabilities"], expected,
-                "{sc}"
+                "{security_context}"
             );
-            assert_eq!(run.ops, ops, "{sc}");
-            assert_eq!(run.applied.is_empty(), ops == 0, "{sc}");
+            assert_eq!(run.ops, ops, "{security_context}");
+            assert_eq!(run.applied.is_empty(), ops == 0, "{security_context}");
         }
     }
 }

@@ -3,12 +3,12 @@
 
 use serde_json::Value;
 
-use super::{Edits, Rules};
+use super::{Edits, RuleInput};
 use crate::{Setting, WarningKind};
 
 /// The configured UID, when it will be injected: only if no container and
 /// not the pod chose one (a per-container choice means the images differ).
-pub(super) fn uid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
+pub(super) fn uid_to_inject(rules: &RuleInput<'_, '_>) -> Option<i64> {
     let unset = uid_unset_everywhere(rules);
     rules
         .policy
@@ -16,27 +16,34 @@ pub(super) fn uid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
         .filter(|uid| unset && rules.enabled(Setting::RunAsUser) && !root_refused(rules, *uid))
 }
 
-fn uid_unset_everywhere(rules: &Rules<'_, '_>) -> bool {
+fn uid_unset_everywhere(rules: &RuleInput<'_, '_>) -> bool {
     let pod = rules.pod;
-    pod.sc.run_as_user.is_none() && pod.containers.iter().all(|c| c.sc.run_as_user.is_none())
+    pod.security_context.run_as_user.is_none()
+        && pod
+            .containers
+            .iter()
+            .all(|c| c.security_context.run_as_user.is_none())
 }
 
 /// Whether `uid` is root and the user already asked for `runAsNonRoot: true`
 /// somewhere: the kubelet would then refuse to start the container.
-fn root_refused(rules: &Rules<'_, '_>, uid: i64) -> bool {
+fn root_refused(rules: &RuleInput<'_, '_>, uid: i64) -> bool {
     let pod = rules.pod;
     uid == 0
-        && (pod.sc.run_as_non_root == Some(true)
+        && (pod.security_context.run_as_non_root == Some(true)
             || pod
                 .containers
                 .iter()
-                .any(|c| c.sc.run_as_non_root == Some(true)))
+                .any(|c| c.security_context.run_as_non_root == Some(true)))
 }
 
-pub(super) fn gid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
+pub(super) fn gid_to_inject(rules: &RuleInput<'_, '_>) -> Option<i64> {
     let pod = rules.pod;
-    let unset =
-        pod.sc.run_as_group.is_none() && pod.containers.iter().all(|c| c.sc.run_as_group.is_none());
+    let unset = pod.security_context.run_as_group.is_none()
+        && pod
+            .containers
+            .iter()
+            .all(|c| c.security_context.run_as_group.is_none());
     rules
         .policy
         .run_as_group
@@ -44,14 +51,19 @@ pub(super) fn gid_to_inject(rules: &Rules<'_, '_>) -> Option<i64> {
 }
 
 pub(super) fn inject_ids<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     uid: Option<i64>,
     gid: Option<i64>,
 ) {
-    let sc = rules.pod_sc();
+    let security_context = rules.pod_security_context();
     if let Some(uid) = uid {
-        edits.inject(Setting::RunAsUser, &sc, "runAsUser", Value::from(uid));
+        edits.inject(
+            Setting::RunAsUser,
+            &security_context,
+            "runAsUser",
+            Value::from(uid),
+        );
     } else if rules
         .policy
         .run_as_user
@@ -66,29 +78,39 @@ pub(super) fn inject_ids<'v>(
         );
     }
     if let Some(gid) = gid {
-        edits.inject(Setting::RunAsGroup, &sc, "runAsGroup", Value::from(gid));
+        edits.inject(
+            Setting::RunAsGroup,
+            &security_context,
+            "runAsGroup",
+            Value::from(gid),
+        );
     }
 }
 
-pub(super) fn fs_group<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
-    let sc = rules.pod_sc();
-    let mut has_fs_group = rules.pod.sc.fs_group.is_some();
+pub(super) fn fs_group<'v>(rules: &RuleInput<'_, 'v>, edits: &mut Edits<'v>) {
+    let security_context = rules.pod_security_context();
+    let mut has_fs_group = rules.pod.security_context.fs_group.is_some();
     if let Some(gid) = rules.policy.fs_group
         && !has_fs_group
         && rules.enabled(Setting::FsGroup)
     {
-        edits.inject(Setting::FsGroup, &sc, "fsGroup", Value::from(gid));
+        edits.inject(
+            Setting::FsGroup,
+            &security_context,
+            "fsGroup",
+            Value::from(gid),
+        );
         has_fs_group = true;
     }
     // Without a policy the kubelet chowns every file of every volume on each
     // mount; OnRootMismatch does it only when the volume root is not right.
     if has_fs_group
-        && rules.pod.sc.fs_group_change_policy.is_none()
+        && rules.pod.security_context.fs_group_change_policy.is_none()
         && rules.enabled(Setting::FsGroupChangePolicy)
     {
         edits.inject(
             Setting::FsGroupChangePolicy,
-            &sc,
+            &security_context,
             "fsGroupChangePolicy",
             Value::from("OnRootMismatch"),
         );
@@ -98,7 +120,7 @@ pub(super) fn fs_group<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
-    use crate::opt_out::SettingSet;
+    use crate::setting::SettingSet;
     use crate::{Policy, Setting, WarningKind};
     use serde_json::{Value, json};
 

@@ -11,58 +11,51 @@ mod privilege_escalation;
 mod read_only_root;
 mod run_as_non_root;
 mod seccomp;
+mod warnings;
+
+pub(crate) use seccomp::LegacySeccomp;
 
 use std::borrow::Cow;
 
 use serde_json::Value;
 
-use crate::opt_out::SettingSet;
-use crate::patch::{PatchBuilder, Tok};
+use crate::patch::{PatchBuilder, Token};
+use crate::setting::SettingSet;
 use crate::shape::clip;
 use crate::view::{ContainerView, PodView};
 use crate::writable::VolumeNamer;
-use crate::{Policy, Setting, Warning, WarningKind, warnings};
+use crate::{Policy, Setting, Warning, WarningKind};
 
 /// What the rules read: the policy, the opt-outs and the pod.
 #[derive(Debug)]
-pub(crate) struct Rules<'a, 'v> {
+pub(crate) struct RuleInput<'a, 'v> {
     pub policy: &'a Policy,
     pub skipped: SettingSet,
     pub pod: &'a PodView<'v>,
     /// Pointer tokens of the pod spec.
-    pub spec: Vec<Tok>,
+    pub spec: Vec<Token>,
     /// Validated writable paths for this pod.
     pub writable_paths: Vec<&'a str>,
+    /// The pod's legacy seccomp annotations: explicit choices at their scope.
+    pub legacy_seccomp: LegacySeccomp<'v>,
 }
 
-impl Rules<'_, '_> {
+impl RuleInput<'_, '_> {
     /// Whether `setting` may be injected into this pod at all.
     pub(crate) fn enabled(&self, setting: Setting) -> bool {
-        let switches = &self.policy.settings;
-        let on = match setting {
-            Setting::RunAsNonRoot => switches.run_as_non_root,
-            Setting::RunAsUser => self.policy.run_as_user.is_some(),
-            Setting::RunAsGroup => self.policy.run_as_group.is_some(),
-            Setting::SeccompProfile => switches.seccomp_profile,
-            Setting::AllowPrivilegeEscalation => switches.allow_privilege_escalation,
-            Setting::Capabilities => switches.capabilities,
-            Setting::ReadOnlyRootFilesystem => switches.read_only_root_filesystem,
-            Setting::FsGroup => self.policy.fs_group.is_some(),
-            Setting::FsGroupChangePolicy => switches.fs_group_change_policy,
-        };
         // The API server rejects every Linux-only field on Windows pods.
         let platform_ok = !self.pod.windows || setting == Setting::RunAsNonRoot;
-        on && platform_ok && !self.skipped.contains(setting)
+        self.policy.enables(setting) && platform_ok && !self.skipped.contains(setting)
     }
 
     /// Pointer tokens of the pod-level `securityContext`.
-    pub(crate) fn pod_sc(&self) -> Vec<Tok> {
+    pub(crate) fn pod_security_context(&self) -> Vec<Token> {
         self.child(&self.spec, "securityContext")
     }
 
-    pub(crate) fn child(&self, parent: &[Tok], key: &'static str) -> Vec<Tok> {
+    pub(crate) fn child(&self, parent: &[Token], key: &'static str) -> Vec<Token> {
         let mut tokens = parent.to_vec();
-        tokens.push(Tok::Key(key));
+        tokens.push(Token::Key(key));
         tokens
     }
 }
@@ -115,7 +108,7 @@ impl<'v> Edits<'v> {
     pub(crate) fn inject(
         &mut self,
         setting: Setting,
-        parent: &[Tok],
+        parent: &[Token],
         key: &'static str,
         value: Value,
     ) {
@@ -138,7 +131,7 @@ impl<'v> Edits<'v> {
 }
 
 /// Hardens a whole pod spec (Pod CREATE, workload templates, preview).
-pub(crate) fn harden_pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
+pub(crate) fn harden_pod<'v>(rules: &RuleInput<'_, 'v>, edits: &mut Edits<'v>) {
     warnings::pod(rules.pod, edits);
     let uid = identity::uid_to_inject(rules);
     let gid = identity::gid_to_inject(rules);
@@ -155,7 +148,7 @@ pub(crate) fn harden_pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>) {
 /// Hardens the ephemeral containers of `new_names` in an existing pod, whose
 /// spec is otherwise immutable: container-level fields only.
 pub(crate) fn harden_new_ephemeral<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     is_new: impl Fn(&ContainerView<'v>) -> bool,
 ) {
@@ -169,7 +162,7 @@ pub(crate) fn harden_new_ephemeral<'v>(
 
 /// Settings that are the same for every container, new or not.
 fn container_level<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
 ) {
@@ -202,12 +195,13 @@ pub(crate) mod test_support {
     ) -> Run {
         let root = json!({ "spec": spec });
         let pod = PodView::parse(root["spec"].as_object().unwrap(), "spec").unwrap();
-        let rules = Rules {
+        let rules = RuleInput {
             policy,
             skipped,
             pod: &pod,
-            spec: vec![Tok::Key("spec")],
+            spec: vec![Token::Key("spec")],
             writable_paths: policy.writable_paths.iter().map(String::as_str).collect(),
+            legacy_seccomp: LegacySeccomp::default(),
         };
         let mut edits = Edits::new(&root);
         match ephemeral_new {
@@ -238,15 +232,10 @@ pub(crate) mod test_support {
 
     /// Only the named setting switched on (plus optional ids).
     pub(crate) fn only(setting: Setting) -> Policy {
-        let mut policy = Policy::default();
-        let s = &mut policy.settings;
-        s.run_as_non_root = setting == Setting::RunAsNonRoot;
-        s.seccomp_profile = setting == Setting::SeccompProfile;
-        s.allow_privilege_escalation = setting == Setting::AllowPrivilegeEscalation;
-        s.capabilities = setting == Setting::Capabilities;
-        s.read_only_root_filesystem = setting == Setting::ReadOnlyRootFilesystem;
-        s.fs_group_change_policy = setting == Setting::FsGroupChangePolicy;
-        policy
+        Policy {
+            settings: crate::SettingSwitches::only(setting),
+            ..Policy::default()
+        }
     }
 
     pub(crate) fn kinds(run: &Run) -> Vec<WarningKind> {

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{Edits, Rules};
+use super::{Edits, RuleInput};
 use crate::view::ContainerView;
 use crate::{Setting, WarningKind};
 
@@ -19,7 +19,7 @@ pub(crate) fn adds_sys_admin(added: &[&str]) -> bool {
 }
 
 pub(super) fn container<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
 ) {
@@ -32,26 +32,26 @@ pub(super) fn container<'v>(
             container.field()
         )
     };
-    match container.sc.allow_privilege_escalation {
+    match container.security_context.allow_privilege_escalation {
         Some(false) => {}
         Some(true) => edits.warn(
             WarningKind::ExplicitInsecure,
             field(),
             "is true; left as set",
         ),
-        None if container.sc.privileged == Some(true) => edits.warn(
+        None if container.security_context.privileged == Some(true) => edits.warn(
             WarningKind::NotInjected,
             field(),
             "not set to false: the container is privileged",
         ),
-        None if adds_sys_admin(&container.sc.add) => edits.warn(
+        None if adds_sys_admin(&container.security_context.add) => edits.warn(
             WarningKind::NotInjected,
             field(),
             "not set to false: the container adds SYS_ADMIN",
         ),
         None => edits.inject(
             Setting::AllowPrivilegeEscalation,
-            &container.sc_tokens(&rules.spec),
+            &container.security_context_tokens(&rules.spec),
             "allowPrivilegeEscalation",
             Value::Bool(false),
         ),
@@ -62,7 +62,7 @@ pub(super) fn container<'v>(
 mod tests {
     use super::super::test_support::*;
     use super::adds_sys_admin;
-    use crate::opt_out::SettingSet;
+    use crate::setting::SettingSet;
     use crate::{Setting, WarningKind};
     use serde_json::{Value, json};
 
@@ -109,15 +109,15 @@ mod tests {
                 vec![WarningKind::AddedCapabilities],
             ),
         ];
-        for (sc, expected, warnings) in cases {
+        for (security_context, expected, warnings) in cases {
             for list in ["containers", "initContainers", "ephemeralContainers"] {
-                let spec = json!({ list: [{"name": "c", "securityContext": sc}] });
+                let spec = json!({ list: [{"name": "c", "securityContext": security_context}] });
                 let run = run_with(spec, &policy, SettingSet::default(), None);
                 assert_eq!(
                     run.output[list][0]["securityContext"]["allowPrivilegeEscalation"], expected,
-                    "{list} {sc}"
+                    "{list} {security_context}"
                 );
-                assert_eq!(kinds(&run), warnings, "{list} {sc}");
+                assert_eq!(kinds(&run), warnings, "{list} {security_context}");
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Edits, Rules};
+use super::{Edits, RuleInput};
 use crate::view::ContainerView;
 use crate::{Setting, WarningKind};
 
@@ -19,11 +19,11 @@ fn field(container: &ContainerView<'_>) -> String {
 }
 
 /// Returns `true` when the rule should inject (unset and enabled).
-fn wants(rules: &Rules<'_, '_>, edits: &mut Edits<'_>, container: &ContainerView<'_>) -> bool {
+fn wants(rules: &RuleInput<'_, '_>, edits: &mut Edits<'_>, container: &ContainerView<'_>) -> bool {
     if !rules.enabled(Setting::ReadOnlyRootFilesystem) {
         return false;
     }
-    match container.sc.read_only_root_filesystem {
+    match container.security_context.read_only_root_filesystem {
         None => true,
         Some(true) => false,
         Some(false) => {
@@ -37,10 +37,14 @@ fn wants(rules: &Rules<'_, '_>, edits: &mut Edits<'_>, container: &ContainerView
     }
 }
 
-fn set_read_only<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, container: &ContainerView<'v>) {
+fn set_read_only<'v>(
+    rules: &RuleInput<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+) {
     edits.inject(
         Setting::ReadOnlyRootFilesystem,
-        &container.sc_tokens(&rules.spec),
+        &container.security_context_tokens(&rules.spec),
         "readOnlyRootFilesystem",
         Value::Bool(true),
     );
@@ -54,7 +58,7 @@ fn named(name: &str, key: &str, value: Value) -> Value {
 }
 
 pub(super) fn container<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
 ) {
@@ -83,7 +87,7 @@ pub(super) fn container<'v>(
 /// A new ephemeral container cannot get volumes (the pod spec is immutable),
 /// so it only goes read-only when it already mounts every writable path.
 pub(super) fn new_container<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
 ) {
@@ -106,7 +110,7 @@ pub(super) fn new_container<'v>(
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
-    use crate::opt_out::SettingSet;
+    use crate::setting::SettingSet;
     use crate::{Policy, Setting, WarningKind};
     use serde_json::json;
 
@@ -173,10 +177,10 @@ mod tests {
             ),
             (json!({}), vec![], 1, vec![]),
         ];
-        for (sc, paths, ops, warnings) in cases {
-            let spec = json!({"containers": [{"name": "a", "securityContext": sc}]});
+        for (security_context, paths, ops, warnings) in cases {
+            let spec = json!({"containers": [{"name": "a", "securityContext": security_context}]});
             let run = run_with(spec, &policy(&paths), SettingSet::default(), None);
-            assert_eq!(run.ops, ops, "{sc}");
+            assert_eq!(run.ops, ops, "{security_context}");
             assert_eq!(run.output.get("volumes"), None);
             assert_eq!(kinds(&run), warnings);
         }

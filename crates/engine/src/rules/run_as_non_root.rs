@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::{Edits, Rules};
+use super::{Edits, RuleInput};
 use crate::view::ContainerView;
 use crate::{Setting, WarningKind};
 
@@ -33,10 +33,13 @@ struct PodUser<'v> {
 }
 
 fn conflict(container: &ContainerView<'_>, pod: PodUser<'_>) -> Option<Conflict> {
-    let user_name = container.sc.run_as_user_name.or(pod.user_name);
-    if container.sc.run_as_non_root == Some(false) {
+    let user_name = container
+        .security_context
+        .run_as_user_name
+        .or(pod.user_name);
+    if container.security_context.run_as_non_root == Some(false) {
         Some(Conflict::ExplicitFalse)
-    } else if container.sc.run_as_user.or(pod.uid) == Some(0) {
+    } else if container.security_context.run_as_user.or(pod.uid) == Some(0) {
         Some(Conflict::RootUid)
     } else if user_name.is_some_and(|name| name.trim().eq_ignore_ascii_case(WINDOWS_ROOT_USER)) {
         Some(Conflict::WindowsAdministrator)
@@ -89,8 +92,8 @@ fn under_pod_level_true(edits: &mut Edits<'_>, container: &ContainerView<'_>, po
 
 /// Returns `false` when the pod level decides for every container (an explicit
 /// value there), after warning about insecure explicit values.
-fn pod_level_open(rules: &Rules<'_, '_>, edits: &mut Edits<'_>) -> bool {
-    match rules.pod.sc.run_as_non_root {
+fn pod_level_open(rules: &RuleInput<'_, '_>, edits: &mut Edits<'_>) -> bool {
+    match rules.pod.security_context.run_as_non_root {
         None => true,
         Some(false) => {
             edits.warn(
@@ -104,17 +107,17 @@ fn pod_level_open(rules: &Rules<'_, '_>, edits: &mut Edits<'_>) -> bool {
     }
 }
 
-pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid: Option<i64>) {
+pub(super) fn pod<'v>(rules: &RuleInput<'_, 'v>, edits: &mut Edits<'v>, injected_uid: Option<i64>) {
     if !rules.enabled(Setting::RunAsNonRoot) {
         return;
     }
     let containers = &rules.pod.containers;
     let pod_user = PodUser {
-        uid: rules.pod.sc.run_as_user.or(injected_uid),
-        user_name: rules.pod.sc.run_as_user_name,
+        uid: rules.pod.security_context.run_as_user.or(injected_uid),
+        user_name: rules.pod.security_context.run_as_user_name,
     };
     if !pod_level_open(rules, edits) {
-        if rules.pod.sc.run_as_non_root == Some(true) {
+        if rules.pod.security_context.run_as_non_root == Some(true) {
             for c in containers {
                 under_pod_level_true(edits, c, pod_user);
             }
@@ -124,7 +127,7 @@ pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid
     if containers.iter().all(|c| conflict(c, pod_user).is_none()) {
         edits.inject(
             Setting::RunAsNonRoot,
-            &rules.pod_sc(),
+            &rules.pod_security_context(),
             "runAsNonRoot",
             Value::Bool(true),
         );
@@ -136,16 +139,16 @@ pub(super) fn pod<'v>(rules: &Rules<'_, 'v>, edits: &mut Edits<'v>, injected_uid
 }
 
 fn per_container<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
     pod_user: PodUser<'_>,
 ) {
     match conflict(container, pod_user) {
         Some(conflict) => warn_conflict(edits, container, conflict),
-        None if container.sc.run_as_non_root.is_none() => edits.inject(
+        None if container.security_context.run_as_non_root.is_none() => edits.inject(
             Setting::RunAsNonRoot,
-            &container.sc_tokens(&rules.spec),
+            &container.security_context_tokens(&rules.spec),
             "runAsNonRoot",
             Value::Bool(true),
         ),
@@ -155,7 +158,7 @@ fn per_container<'v>(
 
 /// A new ephemeral container: the pod-level value (if any) already covers it.
 pub(super) fn new_container<'v>(
-    rules: &Rules<'_, 'v>,
+    rules: &RuleInput<'_, 'v>,
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
 ) {
@@ -163,10 +166,10 @@ pub(super) fn new_container<'v>(
         return;
     }
     let pod_user = PodUser {
-        uid: rules.pod.sc.run_as_user,
-        user_name: rules.pod.sc.run_as_user_name,
+        uid: rules.pod.security_context.run_as_user,
+        user_name: rules.pod.security_context.run_as_user_name,
     };
-    match rules.pod.sc.run_as_non_root {
+    match rules.pod.security_context.run_as_non_root {
         Some(true) => under_pod_level_true(edits, container, pod_user),
         Some(false) => {}
         None => per_container(rules, edits, container, pod_user),
@@ -176,7 +179,7 @@ pub(super) fn new_container<'v>(
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
-    use crate::opt_out::SettingSet;
+    use crate::setting::SettingSet;
     use crate::{Policy, Setting, WarningKind};
     use serde_json::{Value, json};
 

@@ -1,7 +1,7 @@
 //! Where the pod spec and the pod's metadata live for each supported kind.
 
 use crate::EngineError;
-use crate::patch::Tok;
+use crate::patch::Token;
 use crate::shape::{self, Object};
 
 /// The location of the pod spec (and of the metadata that carries the pod's
@@ -51,12 +51,12 @@ impl Layout {
         }
     }
 
-    pub(crate) fn spec_tokens(&self) -> Vec<Tok> {
-        self.spec.iter().map(|t| Tok::Key(t)).collect()
+    pub(crate) fn spec_tokens(&self) -> Vec<Token> {
+        self.spec.iter().map(|t| Token::Key(t)).collect()
     }
 
-    pub(crate) fn metadata_tokens(&self) -> Vec<Tok> {
-        self.metadata.iter().map(|t| Tok::Key(t)).collect()
+    pub(crate) fn metadata_tokens(&self) -> Vec<Token> {
+        self.metadata.iter().map(|t| Token::Key(t)).collect()
     }
 
     /// The pod spec (required) and the pod metadata (optional) of `object`.

@@ -3,10 +3,11 @@
 
 use serde_json::Value;
 
-use crate::opt_out::{SettingSet, Skip, parse_skip};
-use crate::patch::Tok;
-use crate::pod_spec::Layout;
-use crate::rules::{self, Edits, Rules};
+use crate::layout::Layout;
+use crate::opt_out::{Skip, parse_skip};
+use crate::patch::Token;
+use crate::rules::{self, Edits, LegacySeccomp, RuleInput};
+use crate::setting::SettingSet;
 use crate::shape::{self, Object};
 use crate::view::{ListKind, PodView};
 use crate::{
@@ -21,6 +22,7 @@ struct Prepared<'v> {
     metadata: Option<&'v Object>,
     skipped: SettingSet,
     writable_annotation: Option<&'v str>,
+    legacy_seccomp: LegacySeccomp<'v>,
     warnings: Vec<Warning>,
 }
 
@@ -108,12 +110,17 @@ fn prepare<'v>(
     let writable_annotation = annotation(ANNOTATION_WRITABLE_PATHS)?;
     // Validated here so that a malformed value fails before any rule runs.
     annotation(ANNOTATION_APPLIED)?;
+    let legacy_seccomp = match annotations {
+        Some(map) => LegacySeccomp::read(map, layout.metadata_field)?,
+        None => LegacySeccomp::default(),
+    };
     Ok(Start::Run(Prepared {
         layout,
         spec,
         metadata,
         skipped,
         writable_annotation,
+        legacy_seccomp,
         warnings,
     }))
 }
@@ -143,16 +150,17 @@ fn run_rules<'v>(
     object: &'v Value,
     prepared: &mut Prepared<'v>,
     policy: &Policy,
-    apply: impl FnOnce(&Rules<'_, 'v>, &mut Edits<'v>),
+    apply: impl FnOnce(&RuleInput<'_, 'v>, &mut Edits<'v>),
 ) -> Result<Edits<'v>, EngineError> {
     let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
     let mut warnings = std::mem::take(&mut prepared.warnings);
-    let rules = Rules {
+    let rules = RuleInput {
         policy,
         skipped: prepared.skipped,
         pod: &pod,
         spec: prepared.layout.spec_tokens(),
         writable_paths: writable_paths(prepared, policy, &mut warnings),
+        legacy_seccomp: std::mem::take(&mut prepared.legacy_seccomp),
     };
     let mut edits = Edits::new(object);
     edits.warnings = warnings;
@@ -191,7 +199,7 @@ fn finish(edits: Edits<'_>) -> Outcome {
 /// of what an earlier pass recorded and what this pass injected, in canonical
 /// order, so the annotation never forgets why a field is there.
 fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
-    let metadata: Vec<Tok> = prepared.layout.metadata_tokens();
+    let metadata: Vec<Token> = prepared.layout.metadata_tokens();
     let existing = prepared
         .metadata
         .and_then(|meta| shape::present(meta, "annotations"))
@@ -199,7 +207,7 @@ fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
         .and_then(Value::as_str);
     let Some(old) = existing else {
         let mut annotations = metadata;
-        annotations.push(Tok::Key("annotations"));
+        annotations.push(Token::Key("annotations"));
         let value = render_applied(edits.applied, &[]);
         edits
             .patch
@@ -219,8 +227,8 @@ fn annotate_applied(prepared: &Prepared<'_>, edits: &mut Edits<'_>) {
         return;
     }
     let mut path = metadata;
-    path.push(Tok::Key("annotations"));
-    path.push(Tok::Key(ANNOTATION_APPLIED));
+    path.push(Token::Key("annotations"));
+    path.push(Token::Key(ANNOTATION_APPLIED));
     edits
         .patch
         .replace(path, Value::from(render_applied(union, &unknown)));

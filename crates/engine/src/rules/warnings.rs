@@ -34,8 +34,11 @@ const SAFE_SYSCTLS: [&str; 10] = [
 const ALLOWED_ADDED_CAPABILITIES: [&str; 1] = ["NET_BIND_SERVICE"];
 
 /// `at` renders the owner's field path; only called when there is a warning.
-fn common(sc: &SecurityContext<'_>, at: &dyn Fn() -> String, edits: &mut Edits<'_>) {
-    if let Some(kind) = sc.se_linux_type.filter(|t| !SAFE_SELINUX_TYPES.contains(t)) {
+fn common(security_context: &SecurityContext<'_>, at: &dyn Fn() -> String, edits: &mut Edits<'_>) {
+    if let Some(kind) = security_context
+        .se_linux_type
+        .filter(|t| !SAFE_SELINUX_TYPES.contains(t))
+    {
         edits.warn(
             WarningKind::SeLinuxType,
             format!("{}.securityContext.seLinuxOptions.type", at()),
@@ -45,7 +48,7 @@ fn common(sc: &SecurityContext<'_>, at: &dyn Fn() -> String, edits: &mut Edits<'
             ),
         );
     }
-    if sc.seccomp == Some(Some("Unconfined")) {
+    if security_context.seccomp == Some(Some("Unconfined")) {
         edits.warn(
             WarningKind::SeccompUnconfined,
             format!("{}.securityContext.seccompProfile.type", at()),
@@ -79,7 +82,12 @@ pub(crate) fn pod(pod: &PodView<'_>, edits: &mut Edits<'_>) {
             "mounts a directory of the node",
         );
     }
-    for sysctl in pod.sc.sysctls.iter().filter(|s| !SAFE_SYSCTLS.contains(s)) {
+    for sysctl in pod
+        .security_context
+        .sysctls
+        .iter()
+        .filter(|s| !SAFE_SYSCTLS.contains(s))
+    {
         edits.warn(
             WarningKind::UnsafeSysctl,
             format!("{at}.securityContext.sysctls"),
@@ -89,27 +97,27 @@ pub(crate) fn pod(pod: &PodView<'_>, edits: &mut Edits<'_>) {
             ),
         );
     }
-    common(&pod.sc, &|| at.to_owned(), edits);
+    common(&pod.security_context, &|| at.to_owned(), edits);
 }
 
 pub(crate) fn container(container: &ContainerView<'_>, edits: &mut Edits<'_>) {
     let field = || container.field();
-    let sc = &container.sc;
-    if sc.privileged == Some(true) {
+    let security_context = &container.security_context;
+    if security_context.privileged == Some(true) {
         edits.warn(
             WarningKind::Privileged,
             format!("{}.securityContext.privileged", field()),
             "is true; the container has full access to the node",
         );
     }
-    if sc.proc_mount == Some("Unmasked") {
+    if security_context.proc_mount == Some("Unmasked") {
         edits.warn(
             WarningKind::ProcMountUnmasked,
             format!("{}.securityContext.procMount", field()),
             "is Unmasked; /proc is not masked",
         );
     }
-    let risky: Vec<&str> = sc
+    let risky: Vec<&str> = security_context
         .add
         .iter()
         .copied()
@@ -122,28 +130,30 @@ pub(crate) fn container(container: &ContainerView<'_>, edits: &mut Edits<'_>) {
             format!("adds {}", clip(&risky.join(", "), 80)),
         );
     }
-    common(sc, &field, edits);
+    common(security_context, &field, edits);
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::opt_out::SettingSet;
     use crate::rules::test_support::*;
-    use crate::{Policy, WarningKind};
+    use crate::setting::SettingSet;
+    use crate::{Policy, Setting, WarningKind};
     use serde_json::{Value, json};
 
     fn warnings(spec: Value) -> Vec<(WarningKind, String, String)> {
         let mut policy = Policy::default();
-        policy.settings.run_as_non_root = false;
-        policy.settings.allow_privilege_escalation = false;
-        policy.settings.read_only_root_filesystem = false;
+        policy.settings.set(Setting::RunAsNonRoot, false);
+        policy
+            .settings
+            .set(Setting::AllowPrivilegeEscalation, false);
+        policy.settings.set(Setting::ReadOnlyRootFilesystem, false);
         run_with(spec, &policy, SettingSet::default(), None).warnings
     }
 
     #[test]
     fn reports_each_risky_value_with_its_field() {
         use WarningKind::*;
-        let c = |sc: Value| json!({"containers": [{"name": "app", "securityContext": sc}]});
+        let c = |security_context: Value| json!({"containers": [{"name": "app", "securityContext": security_context}]});
         let cases = [
             (
                 c(json!({"privileged": true})),
