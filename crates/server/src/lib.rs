@@ -5,11 +5,21 @@
 //! `/readyz` and `/metrics`. Namespace annotations come from an in-memory
 //! reflector so a review never waits for the API server in the common case.
 
-mod admission;
-mod app;
+// The review path, in the order a request takes it.
+mod admission; //       AdmissionReview in and out
+mod body; //            body limits and plain-HTTP rejections
+mod deadlines; //       per-request and write deadlines on each connection
+mod decision; //        namespace context, engine run, answer
+mod handler; //         POST /mutate
+mod listener; //        TCP → TLS → deadlines → HTTP
+mod telemetry; //       log line, metrics, printable request strings
+// Around it.
+mod health; //          /healthz, /readyz, /metrics
+mod lifecycle; //       start, drain, stop
 mod logging;
 mod metrics;
 mod namespaces;
+mod state;
 mod tls;
 
 use std::path::PathBuf;
@@ -19,7 +29,7 @@ use anyhow::Context as _;
 use kube_hardener_config::{Config, ServerConfig};
 
 pub use admission::ANNOTATION_MODE;
-pub use app::{ServeError, ShutdownTrigger, Webhook};
+pub use lifecycle::{ServeError, ShutdownTrigger, Webhook};
 pub use namespaces::NamespaceSource;
 pub use tls::TlsError;
 

@@ -3,6 +3,8 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::decision::ReviewOutcome;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -69,6 +71,16 @@ impl Metrics {
             "Admission reviews answered, by outcome and operation",
             reviews.clone(),
         );
+        // Every series an alert may watch exists from the start at zero, so
+        // `increase(...)` sees the first error instead of a series appearing.
+        for outcome in ReviewOutcome::ALL {
+            for operation in ["CREATE", "UPDATE"] {
+                drop(reviews.get_or_create(&ReviewLabels {
+                    outcome: outcome.label(),
+                    operation,
+                }));
+            }
+        }
         let settings = Family::<SettingLabels, Counter>::default();
         registry.register(
             "settings_applied",

@@ -1,11 +1,11 @@
 //! Namespace annotations for reviews, from an in-memory reflector over
 //! Namespace metadata, with one bounded GET for a namespace not yet seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
@@ -22,6 +22,17 @@ const KEPT_ANNOTATION_PREFIX: &str = "kube-hardener.io/";
 
 pub(crate) type NamespaceMeta = PartialObjectMeta<Namespace>;
 
+/// How long the API server's "no such namespace" is remembered. Reviews for
+/// namespaces that do not exist come from callers other than the API server
+/// (which checks the namespace first), so a short memory is enough to stop a
+/// flood of them from turning into a flood of GETs.
+const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Most names the negative cache holds; past it, expired entries are dropped
+/// and, if that is not enough, the whole cache (the cost is a few GETs).
+const NEGATIVE_CAPACITY: usize = 4096;
+/// Fallback GETs in flight at once; more wait (within the lookup budget).
+const MAX_CONCURRENT_LOOKUPS: usize = 8;
+
 /// Where a review's namespace annotations came from.
 #[derive(Debug)]
 pub(crate) enum Lookup {
@@ -29,6 +40,8 @@ pub(crate) enum Lookup {
     Fetched(Box<NamespaceMeta>),
     /// The API server says the namespace does not exist.
     NotFound,
+    /// The API server said so less than [`NEGATIVE_TTL`] ago.
+    RecentlyNotFound,
     /// No answer in time or an error: the review goes on without annotations.
     Failed(String),
 }
@@ -38,7 +51,7 @@ impl Lookup {
         match self {
             Lookup::Cached(meta) => meta.metadata.annotations.as_ref(),
             Lookup::Fetched(meta) => meta.metadata.annotations.as_ref(),
-            Lookup::NotFound | Lookup::Failed(_) => None,
+            Lookup::NotFound | Lookup::RecentlyNotFound | Lookup::Failed(_) => None,
         }
     }
 }
@@ -52,6 +65,9 @@ pub struct NamespaceSource {
     fallback: Option<Api<Namespace>>,
     lookup_timeout: Duration,
     watch_errors: Counter,
+    /// Names the API server recently said do not exist, with when it said so.
+    not_found: Arc<Mutex<HashMap<String, Instant>>>,
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for NamespaceSource {
@@ -118,6 +134,8 @@ impl NamespaceSource {
             fallback: fallback.map(Api::all),
             lookup_timeout,
             watch_errors: Counter::default(),
+            not_found: Arc::new(Mutex::new(HashMap::new())),
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS)),
         }
     }
 
@@ -145,18 +163,62 @@ impl NamespaceSource {
         let Some(api) = &self.fallback else {
             return Lookup::Failed("namespace not cached and no API client".to_owned());
         };
-        match tokio::time::timeout(self.lookup_timeout, api.get_metadata_opt(name)).await {
+        if self.recently_not_found(name, Instant::now()) {
+            return Lookup::RecentlyNotFound;
+        }
+        // Waiting for a free slot counts against the same budget as the GET.
+        let fetch = async {
+            let _permit = self.lookups.acquire().await;
+            api.get_metadata_opt(name).await
+        };
+        match tokio::time::timeout(self.lookup_timeout, fetch).await {
             Ok(Ok(Some(mut meta))) => {
                 trim(&mut meta);
                 Lookup::Fetched(Box::new(meta))
             }
-            Ok(Ok(None)) => Lookup::NotFound,
+            Ok(Ok(None)) => {
+                self.remember_not_found(name, Instant::now());
+                Lookup::NotFound
+            }
             Ok(Err(error)) => Lookup::Failed(error.to_string()),
             Err(_) => Lookup::Failed(format!(
                 "no answer within {} ms",
                 self.lookup_timeout.as_millis()
             )),
         }
+    }
+
+    fn recently_not_found(&self, name: &str, now: Instant) -> bool {
+        let misses = self
+            .not_found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        misses
+            .get(name)
+            .is_some_and(|when| now.duration_since(*when) < NEGATIVE_TTL)
+    }
+
+    fn remember_not_found(&self, name: &str, now: Instant) {
+        let mut misses = self
+            .not_found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if misses.len() >= NEGATIVE_CAPACITY {
+            misses.retain(|_, when| now.duration_since(*when) < NEGATIVE_TTL);
+            if misses.len() >= NEGATIVE_CAPACITY {
+                misses.clear();
+            }
+        }
+        misses.insert(name.to_owned(), now);
+    }
+
+    /// Names in the negative cache (for tests and the debug view).
+    #[cfg(test)]
+    fn not_found_len(&self) -> usize {
+        self.not_found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -224,6 +286,26 @@ mod tests {
             "all"
         );
         assert!(matches!(source.lookup("team-b").await, Lookup::Failed(_)));
+    }
+
+    #[tokio::test]
+    async fn the_negative_cache_expires_and_stays_bounded() {
+        let (store, _writer) = reflector::store::<NamespaceMeta>();
+        let source = NamespaceSource::from_store(store, None, Duration::from_millis(50));
+        let start = Instant::now();
+        source.remember_not_found("ghost", start);
+        assert!(source.recently_not_found("ghost", start + Duration::from_secs(9)));
+        assert!(!source.recently_not_found("ghost", start + NEGATIVE_TTL));
+        assert!(!source.recently_not_found("other", start));
+        for i in 0..NEGATIVE_CAPACITY * 3 {
+            source.remember_not_found(&format!("fake-{i}"), start);
+            assert!(source.not_found_len() <= NEGATIVE_CAPACITY);
+        }
+        // Expired entries make room first.
+        let later = start + NEGATIVE_TTL;
+        source.remember_not_found("fresh", later);
+        assert!(source.recently_not_found("fresh", later));
+        assert!(source.not_found_len() <= NEGATIVE_CAPACITY);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum TlsError {
     Certificate { path: PathBuf, message: String },
     #[error("cannot build the TLS configuration: {0}")]
     Config(rustls::Error),
+    #[error("server.client_ca {}: {message}", path.display())]
+    ClientCa { path: PathBuf, message: String },
 }
 
 /// A pair that loaded: ready to serve, and its expiry for the metric.
@@ -129,6 +131,55 @@ pub(crate) fn check_files(cert_path: &Path, key_path: &Path) -> Result<(), TlsEr
     .map(|_| ())
 }
 
+/// Verifies client certificates against the CA bundle at `path`.
+fn client_verifier(
+    path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let problem = |message: String| TlsError::ClientCa {
+        path: path.to_owned(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|error| problem(format!("cannot read it: {error}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut BufReader::new(pem.as_slice())) {
+        let cert = cert.map_err(|error| problem(format!("not valid PEM: {error}")))?;
+        roots
+            .add(cert)
+            .map_err(|error| problem(format!("not a usable CA certificate: {error}")))?;
+    }
+    if roots.is_empty() {
+        return Err(problem("holds no PEM certificate".to_owned()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(provider),
+    )
+    .build()
+    .map_err(|error| problem(error.to_string()))
+}
+
+/// The names a verified client certificate carries: its subject common
+/// names and DNS subject alternative names.
+pub(crate) fn client_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
+}
+
 /// Serves whatever pair is current; swapped by [`CertReloader`].
 #[derive(Debug)]
 pub(crate) struct CertResolver {
@@ -176,6 +227,7 @@ impl CertReloader {
     pub fn start(
         cert_path: &Path,
         key_path: &Path,
+        client_ca: Option<&Path>,
         metrics: Arc<Metrics>,
     ) -> Result<(CertReloader, rustls::ServerConfig), TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -190,11 +242,18 @@ impl CertReloader {
         let pair = load_pair(cert_path, &cert_pem, key_path, &key_pem, &provider)?;
         metrics.cert_expiry.set(pair.not_after_unix as f64);
         let resolver = Arc::new(CertResolver::new(pair.key));
-        let config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TlsError::Config)?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+            .map_err(TlsError::Config)?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => builder.with_client_cert_verifier(client_verifier(path, &provider)?),
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        // HTTP/1.1 only: HTTP/2 towards the API server measured slower
+        // (BENCHMARKS.md), and one protocol keeps the deadlines simple.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let reloader = CertReloader {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
@@ -337,7 +396,7 @@ mod tests {
         std::fs::write(&key_path, &key_a).unwrap();
         let metrics = Arc::new(Metrics::new(Counter::default()));
         let (mut reloader, _config) =
-            CertReloader::start(&cert_path, &key_path, Arc::clone(&metrics)).unwrap();
+            CertReloader::start(&cert_path, &key_path, None, Arc::clone(&metrics)).unwrap();
         let served = |reloader: &CertReloader| {
             reloader.resolver.current.read().unwrap().cert[0]
                 .as_ref()
@@ -374,6 +433,7 @@ mod tests {
         let error = CertReloader::start(
             Path::new("/nonexistent/tls.crt"),
             Path::new("/nonexistent/tls.key"),
+            None,
             metrics,
         )
         .err()

@@ -1,0 +1,252 @@
+//! Starting and stopping the webhook: both listeners, the certificate
+//! reloader, and a graceful drain on shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use kube_hardener_config::{Config, EntryPoint};
+
+use crate::deadlines::{Limits, Missed};
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::namespaces::NamespaceSource;
+use crate::state::State;
+use crate::tls::{CertReloader, TlsError};
+use crate::{health, listener};
+
+/// Certificate files are re-read this often; a rotation is served within it.
+const CERT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The webhook could not start or stopped unexpectedly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} (server.{key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the {0} server failed: {1}")]
+    Server(&'static str, std::io::Error),
+}
+
+/// Starts a graceful shutdown of a running [`Webhook`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownTrigger(Arc<tokio::sync::Notify>);
+
+impl ShutdownTrigger {
+    pub fn shutdown(&self) {
+        // `notify_one` keeps a permit when nobody waits yet, so a trigger
+        // fired before `Webhook::wait` is not lost.
+        self.0.notify_one();
+    }
+}
+
+/// A running webhook: both listeners are bound and serving.
+#[derive(Debug)]
+pub struct Webhook {
+    webhook_addr: SocketAddr,
+    health_addr: SocketAddr,
+    webhook: ServerTask,
+    health: ServerTask,
+    reloader: tokio::task::JoinHandle<()>,
+    shutdown: Arc<tokio::sync::Notify>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct ServerTask {
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerTask {
+    fn spawn(server: actix_web::dev::Server) -> Self {
+        ServerTask {
+            handle: server.handle(),
+            task: tokio::spawn(server),
+        }
+    }
+}
+
+impl Webhook {
+    /// Loads the certificate, binds both listeners and starts serving.
+    /// Must run inside an actix (or Tokio) runtime.
+    pub async fn start(config: Config, namespaces: NamespaceSource) -> Result<Webhook, ServeError> {
+        let server = &config.server;
+        let metrics = Arc::new(Metrics::new(namespaces.watch_errors()));
+        let (reloader, tls) = CertReloader::start(
+            &server.tls_cert,
+            &server.tls_key,
+            server.client_ca.as_deref(),
+            Arc::clone(&metrics),
+        )?;
+
+        let webhook_listener = bind("listen", &server.listen)?;
+        let health_listener = bind("health_listen", &server.health_listen)?;
+        let webhook_addr = local_addr("listen", &webhook_listener)?;
+        let health_addr = local_addr("health_listen", &health_listener)?;
+
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let client_timeout = Duration::from_millis(server.client_timeout_ms);
+        let heavy_slots = std::thread::available_parallelism().map_or(1, usize::from);
+        let state = web::Data::new(State {
+            policy: config.effective_policy(EntryPoint::Webhook),
+            audit: server.audit,
+            max_body_bytes: server.max_body_bytes,
+            client_timeout,
+            namespaces: namespaces.clone(),
+            metrics: Arc::clone(&metrics),
+            shutting_down: Arc::clone(&shutting_down),
+            heavy_reviews: tokio::sync::Semaphore::new(heavy_slots),
+        });
+
+        let missed_metrics = Arc::clone(&metrics);
+        let options = listener::Options {
+            workers: server.workers,
+            shutdown_timeout_secs: server.shutdown_timeout_secs,
+            handshake_timeout: client_timeout,
+            limits: Limits {
+                request_timeout: client_timeout,
+                write_timeout: Duration::from_millis(server.write_timeout_ms),
+                on_missed: Arc::new(move |missed: Missed| {
+                    missed_metrics
+                        .rejected
+                        .get_or_create(&ReasonLabels {
+                            reason: missed.reason(),
+                        })
+                        .inc();
+                }),
+            },
+            client_names: server.client_names.clone().into(),
+        };
+        let webhook =
+            listener::webhook(webhook_listener, tls, state.clone(), options).map_err(|source| {
+                ServeError::Bind {
+                    key: "listen",
+                    addr: server.listen.clone(),
+                    source,
+                }
+            })?;
+
+        let health_state = state;
+        let health = HttpServer::new(move || {
+            App::new()
+                .app_data(health_state.clone())
+                .route("/healthz", web::get().to(health::healthz))
+                .route("/readyz", web::get().to(health::readyz))
+                .route("/metrics", web::get().to(health::metrics))
+        })
+        .disable_signals()
+        .workers(1)
+        .shutdown_timeout(1)
+        .client_request_timeout(client_timeout)
+        .listen(health_listener)
+        .map_err(|source| ServeError::Bind {
+            key: "health_listen",
+            addr: server.health_listen.clone(),
+            source,
+        })?
+        .run();
+
+        let reloader = tokio::spawn(reloader.run(CERT_POLL_INTERVAL));
+        tracing::info!(
+            %webhook_addr,
+            %health_addr,
+            audit = server.audit,
+            mutate_workloads = config.hardening.mutate_workloads,
+            mutual_tls = server.client_ca.is_some(),
+            "serving"
+        );
+        Ok(Webhook {
+            webhook_addr,
+            health_addr,
+            webhook: ServerTask::spawn(webhook),
+            health: ServerTask::spawn(health),
+            reloader,
+            shutdown: Arc::new(tokio::sync::Notify::new()),
+            shutting_down,
+        })
+    }
+
+    /// Bound address of the HTTPS webhook listener.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_addr
+    }
+
+    /// Bound address of the health/metrics listener.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health_addr
+    }
+
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        ShutdownTrigger(Arc::clone(&self.shutdown))
+    }
+
+    /// Serves until the trigger fires, then stops accepting connections,
+    /// lets in-flight reviews finish (up to `shutdown_timeout_secs`) and
+    /// returns.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        let Webhook {
+            webhook,
+            health,
+            reloader,
+            shutdown,
+            shutting_down,
+            ..
+        } = self;
+        let mut webhook_task = webhook.task;
+        let early = tokio::select! {
+            () = shutdown.notified() => None,
+            result = &mut webhook_task => Some(result),
+        };
+        shutting_down.store(true, Ordering::Release);
+        reloader.abort();
+        if let Some(result) = early {
+            health.handle.stop(false).await;
+            return match result {
+                Ok(Ok(())) => Err(ServeError::Server(
+                    "webhook",
+                    std::io::Error::other("stopped on its own"),
+                )),
+                Ok(Err(error)) => Err(ServeError::Server("webhook", error)),
+                Err(join) => Err(ServeError::Server("webhook", std::io::Error::other(join))),
+            };
+        }
+        webhook.handle.stop(true).await;
+        // Health keeps answering (readyz 503) until the webhook has drained.
+        health.handle.stop(true).await;
+        finish("webhook", webhook_task).await?;
+        finish("health", health.task).await
+    }
+}
+
+async fn finish(
+    name: &'static str,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), ServeError> {
+    match task.await {
+        Ok(result) => result.map_err(|error| ServeError::Server(name, error)),
+        Err(join) => Err(ServeError::Server(name, std::io::Error::other(join))),
+    }
+}
+
+fn bind(key: &'static str, addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+        key,
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Bind {
+        key,
+        addr: "?".to_owned(),
+        source,
+    })
+}
