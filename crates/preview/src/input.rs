@@ -206,15 +206,14 @@ fn read_bounded(reader: &mut dyn Read, name: &str) -> Result<String, PreviewErro
 /// several concatenated values) when the source is `.json` or starts with
 /// `{`, multi-document YAML otherwise.
 pub fn parse(source: &Source) -> Result<Vec<Document>, PreviewError> {
-    let looks_like_json = source.text.trim_start().starts_with('{');
-    if source.json || looks_like_json {
+    if is_json(source) {
         parse_json(source)
     } else {
         parse_yaml(source)
     }
 }
 
-fn location(source: &Source, document: usize) -> Location {
+pub(crate) fn location(source: &Source, document: usize) -> Location {
     Location {
         file: source.name.clone(),
         document,
@@ -246,11 +245,25 @@ fn parse_yaml(source: &Source) -> Result<Vec<Document>, PreviewError> {
 
 /// Parses `text` as a YAML stream; returns its non-empty documents and the
 /// number of documents counted (empty ones included).
-fn parse_yaml_text(text: &str, name: &str) -> Result<(Vec<Document>, usize), PreviewError> {
+pub(crate) fn parse_yaml_text(
+    text: &str,
+    name: &str,
+) -> Result<(Vec<Document>, usize), PreviewError> {
+    let mut documents = Vec::new();
+    let count = each_yaml_document(text, name, &mut |document| documents.push(document))?;
+    Ok((documents, count))
+}
+
+/// Calls `each` with every non-empty document of the YAML stream `text`,
+/// one at a time, and returns the number of documents (empty ones included).
+pub(crate) fn each_yaml_document(
+    text: &str,
+    name: &str,
+    each: &mut dyn FnMut(Document),
+) -> Result<usize, PreviewError> {
     // Merge keys (`<<: *base`) need the YAML value model; everything else
     // goes straight to JSON values, which is much faster on big inputs.
     let has_merge_keys = text.contains("<<");
-    let mut documents = Vec::new();
     let mut count = 0;
     for (index, de) in serde_norway::Deserializer::from_str(text).enumerate() {
         count = index + 1;
@@ -276,10 +289,75 @@ fn parse_yaml_text(text: &str, name: &str) -> Result<(Vec<Document>, usize), Pre
             Value::deserialize(de).map_err(parse_error)?
         };
         if !value.is_null() {
-            documents.push(Document { location, value });
+            each(Document { location, value });
         }
     }
-    Ok((documents, count))
+    Ok(count)
+}
+
+/// The error a serial parse of the whole source reports first (its document
+/// number and line are those of the whole file), without keeping documents.
+pub(crate) fn first_error(source: &Source) -> Option<PreviewError> {
+    if is_json(source) {
+        let stream = serde_json::Deserializer::from_str(&source.text).into_iter::<Value>();
+        for (index, value) in stream.enumerate() {
+            if let Err(e) = value {
+                return Some(PreviewError::Parse {
+                    location: location(source, index + 1),
+                    format: "JSON",
+                    message: e.to_string(),
+                });
+            }
+        }
+        return None;
+    }
+    each_yaml_document(&source.text, &source.name, &mut drop).err()
+}
+
+/// Whether `source` is read as a JSON stream.
+pub(crate) fn is_json(source: &Source) -> bool {
+    source.json || source.text.trim_start().starts_with('{')
+}
+
+/// Target size of the pieces a YAML source is cut into: each is parsed,
+/// hardened and rendered on its own, so memory follows the piece size, not
+/// the input size.
+pub(crate) const PIECE_BYTES: usize = 256 * 1024;
+
+/// `text` cut at `---` lines into pieces of about `piece_bytes` (`0`: at
+/// every marker, one document per piece). The pieces parse to exactly the
+/// documents of the whole (see [`parse_yaml_parallel`]); where that might
+/// not hold (directives, a first piece of only comments), the whole text is
+/// one piece.
+pub(crate) fn yaml_pieces(text: &str, piece_bytes: usize) -> Vec<&str> {
+    if text.starts_with('%') || text.contains("\n%") {
+        return vec![text];
+    }
+    let mut bounds = vec![0];
+    let mut search_from = 0;
+    while let Some(found) = text[search_from..].find("\n---") {
+        let at = search_from + found + 1;
+        search_from = at;
+        let rest = &text.as_bytes()[at..];
+        let marker = matches!(rest.get(3), None | Some(b'\n' | b'\r' | b' ' | b'\t'));
+        let last = bounds.last().copied().unwrap_or(0);
+        if marker && at - last >= piece_bytes.max(1) {
+            bounds.push(at);
+        }
+    }
+    bounds.push(text.len());
+    if bounds.len() > 2 && !has_content(&text[..bounds[1]]) {
+        // Merge a comment-only first piece into the next one.
+        bounds.remove(1);
+    }
+    bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect()
+}
+
+fn has_content(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim();
+        !line.is_empty() && !line.starts_with('#')
+    })
 }
 
 /// Below this size one thread parses faster than several start.

@@ -2,12 +2,14 @@
 //!
 //! Reads manifests (files, directories, standard input), runs the engine on
 //! every Pod and workload object with the loaded configuration, and renders
-//! the result. Everything is read and computed before anything is printed,
-//! so bad input produces an error and no partial output.
+//! the result a piece of input at a time (`stream.rs`), so memory stays flat
+//! however large the input. Nothing is printed before the whole input has
+//! gone through, so bad input produces an error and no partial output.
 
 mod input;
 mod process;
 mod render;
+mod stream;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -16,8 +18,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub use input::{Document, Location, MAX_INPUT_BYTES, STDIN_NAME, Source, parse, read_inputs};
-pub use process::{DocumentReport, ObjectReport, Options, evaluate};
-pub use render::{Format, render, render_owned, unchanged_reason};
+pub use process::{
+    DocumentReport, Namespaces, ObjectReport, Options, collect_namespaces, evaluate, evaluate_with,
+};
+pub use render::{Format, Output, Part, render, render_owned, render_part, unchanged_reason};
 
 use kube_hardener_config::Config;
 use kube_hardener_engine::Policy;
@@ -167,14 +171,7 @@ pub struct Preview {
 /// The policy the preview runs with: the configured one, with the webhook's
 /// own namespace excluded (as the server does) and workload templates on.
 pub fn preview_policy(config: &Config) -> Policy {
-    let mut policy = config.hardening.clone();
-    policy.mutate_workloads = true;
-    if let Some(own) = &config.server.own_namespace
-        && !policy.excluded_namespaces.contains(own)
-    {
-        policy.excluded_namespaces.push(own.clone());
-    }
-    policy
+    config.effective_policy(kube_hardener_config::EntryPoint::Preview)
 }
 
 /// Runs the whole preview without touching the process's standard streams.
@@ -195,10 +192,6 @@ pub fn preview(
         &args.inputs
     };
     let sources = read_inputs(inputs, stdin)?;
-    let mut documents = Vec::new();
-    for source in &sources {
-        documents.extend(parse(source)?);
-    }
     let options = Options {
         default_namespace: args.namespace.clone(),
         namespace_annotations: args
@@ -207,13 +200,24 @@ pub fn preview(
             .cloned()
             .collect::<BTreeMap<_, _>>(),
     };
-    let reports = evaluate(documents, &options, &preview_policy(config))?;
-    let changed = reports
-        .iter()
-        .flat_map(|r| &r.objects)
-        .any(ObjectReport::changed);
-    let output = render_owned(reports, args.output, color)?;
-    Ok(Preview { output, changed })
+    let policy = preview_policy(config);
+    let namespaces = stream::namespaces(&sources)?;
+    let job = stream::Job {
+        namespaces: &namespaces,
+        options: &options,
+        policy: &policy,
+        format: args.output,
+        color,
+    };
+    let mut output = Output::new(args.output);
+    for source in &sources {
+        stream::render_source(source, job, &mut output)?;
+    }
+    let changed = output.changed();
+    Ok(Preview {
+        output: output.finish(),
+        changed,
+    })
 }
 
 fn use_color(choice: ColorChoice) -> bool {
@@ -357,19 +361,35 @@ mod tests {
     }
 
     #[test]
-    fn errors_stop_before_any_output() {
+    fn errors_stop_before_any_output_and_the_first_in_input_order_is_reported() {
         let parsed = args(&["-"]).expect("parses");
-        let input = "kind: Pod\nmetadata: {name: a}\n---\nmetadata: {name: b}\n";
-        let result = preview(
-            &parsed,
-            &Config::default(),
-            &mut input.as_bytes(),
-            false,
-            false,
-        );
-        match result {
-            Err(error) => assert_eq!(error.to_string(), "<stdin>: document 2: missing `kind`"),
-            Ok(preview) => panic!("expected an error, got {:?}", preview.output),
+        let good = "kind: Pod\nmetadata: {name: ok}\nspec: {containers: [{name: c}]}\n";
+        let cases = [
+            (
+                format!(
+                    "{good}---\nkind: Pod\nmetadata: {{name: a}}\n---\nmetadata: {{name: b}}\n"
+                ),
+                "<stdin>: document 2: field `spec` must be an object",
+            ),
+            (
+                format!(
+                    "{good}---\nmetadata: {{name: b}}\n---\nkind: Pod\nmetadata: {{name: a}}\n"
+                ),
+                "<stdin>: document 2: missing `kind`",
+            ),
+        ];
+        for (input, expected) in cases {
+            let result = preview(
+                &parsed,
+                &Config::default(),
+                &mut input.as_bytes(),
+                false,
+                false,
+            );
+            match result {
+                Err(error) => assert_eq!(error.to_string(), expected),
+                Ok(preview) => panic!("expected an error, got {:?}", preview.output),
+            }
         }
     }
 }

@@ -149,6 +149,9 @@ struct Meta {
     name: Option<String>,
 }
 
+/// Namespace annotations by namespace name, from Namespace objects in the input.
+pub type Namespaces = BTreeMap<String, BTreeMap<String, String>>;
+
 /// Runs the engine over every object of every document. Namespace objects
 /// anywhere in the input supply the annotations of their namespace, so they
 /// are collected first. Documents are moved into the reports, not copied.
@@ -157,9 +160,18 @@ pub fn evaluate(
     options: &Options,
     policy: &Policy,
 ) -> Result<Vec<DocumentReport>, PreviewError> {
-    let mut shapes = Vec::with_capacity(documents.len());
-    let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for document in &documents {
+    let mut namespaces = Namespaces::new();
+    collect_namespaces(&documents, &mut namespaces)?;
+    evaluate_with(documents, &namespaces, options, policy)
+}
+
+/// Adds the annotations of every core Namespace object in `documents`;
+/// later definitions win, as they would with `kubectl apply`.
+pub fn collect_namespaces(
+    documents: &[Document],
+    namespaces: &mut Namespaces,
+) -> Result<(), PreviewError> {
+    for document in documents {
         let (is_list, metas) = shape(document)?;
         for (meta, value) in metas.iter().zip(objects_of(&document.value, is_list)) {
             // A CRD may reuse the kind name in its own group; only core
@@ -167,15 +179,24 @@ pub fn evaluate(
             let core = meta.api_version.as_deref().is_none_or(|v| v == "v1");
             if meta.kind == "Namespace" && core {
                 let (name, annotations) = namespace_annotations(meta, value)?;
-                // Later definitions win, as they would with `kubectl apply`.
                 namespaces.insert(name, annotations);
             }
         }
-        shapes.push((is_list, metas));
     }
+    Ok(())
+}
 
+/// [`evaluate`] with the namespaces of the whole input already collected,
+/// for documents processed a piece at a time.
+pub fn evaluate_with(
+    documents: Vec<Document>,
+    namespaces: &Namespaces,
+    options: &Options,
+    policy: &Policy,
+) -> Result<Vec<DocumentReport>, PreviewError> {
     let mut reports = Vec::with_capacity(documents.len());
-    for (document, (is_list, metas)) in documents.into_iter().zip(shapes) {
+    for document in documents {
+        let (is_list, metas) = shape(&document)?;
         let mut objects = Vec::with_capacity(metas.len());
         for (meta, value) in metas.into_iter().zip(objects_of(&document.value, is_list)) {
             let namespace = meta

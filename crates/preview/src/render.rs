@@ -33,13 +33,7 @@ pub fn render(
     format: Format,
     color: bool,
 ) -> Result<String, PreviewError> {
-    match format {
-        Format::Text => Ok(text(reports)),
-        Format::Patch => Ok(patch(reports)),
-        Format::Yaml => yaml(reports),
-        Format::Diff => diff(reports, color),
-        Format::Json => json(reports),
-    }
+    render_owned(reports.to_vec(), format, color)
 }
 
 /// [`render`] taking the reports by value, which spares `yaml` a copy of
@@ -49,15 +43,123 @@ pub fn render_owned(
     format: Format,
     color: bool,
 ) -> Result<String, PreviewError> {
-    if format != Format::Yaml {
-        return render(&reports, format, color);
+    let mut output = Output::new(format);
+    output.append(render_part(reports, format, color)?);
+    Ok(output.finish())
+}
+
+/// The output of some consecutive documents: rendered on any thread, joined
+/// in input order by [`Output`], so a preview never holds more than a few
+/// pieces of its input as parsed documents.
+#[derive(Debug, Default)]
+pub struct Part {
+    text: String,
+    objects: usize,
+    changed: usize,
+    /// `json`: the entries, each already indented for the enclosing array.
+    entries: Vec<String>,
+}
+
+impl Part {
+    pub fn changed(&self) -> bool {
+        self.changed > 0
     }
-    let mut out = String::new();
-    for report in reports {
-        out.push_str("---\n");
-        crate::yaml::write_document(&mut out, &report.into_mutated()?);
+}
+
+/// Renders the reports of some consecutive documents.
+pub fn render_part(
+    reports: Vec<DocumentReport>,
+    format: Format,
+    color: bool,
+) -> Result<Part, PreviewError> {
+    let objects = reports.iter().map(|r| r.objects.len()).sum();
+    let changed = reports
+        .iter()
+        .flat_map(|r| &r.objects)
+        .filter(|o| o.changed())
+        .count();
+    let mut part = Part {
+        objects,
+        changed,
+        ..Part::default()
+    };
+    match format {
+        Format::Text => part.text = text(&reports),
+        Format::Patch => part.text = patch(&reports),
+        Format::Diff => part.text = diff(&reports, color)?,
+        Format::Json => part.entries = json_entries(&reports)?,
+        Format::Yaml => {
+            for report in reports {
+                part.text.push_str("---\n");
+                crate::yaml::write_document(&mut part.text, &report.into_mutated()?);
+            }
+        }
     }
-    Ok(out)
+    Ok(part)
+}
+
+/// The whole output, built from parts in input order.
+#[derive(Debug)]
+pub struct Output {
+    format: Format,
+    text: String,
+    objects: usize,
+    changed: usize,
+    entries: usize,
+}
+
+impl Output {
+    pub fn new(format: Format) -> Self {
+        let text = if format == Format::Json {
+            "[".to_owned()
+        } else {
+            String::new()
+        };
+        Output {
+            format,
+            text,
+            objects: 0,
+            changed: 0,
+            entries: 0,
+        }
+    }
+
+    pub fn append(&mut self, part: Part) {
+        self.objects += part.objects;
+        self.changed += part.changed;
+        self.text.push_str(&part.text);
+        for entry in part.entries {
+            self.text
+                .push_str(if self.entries == 0 { "\n" } else { ",\n" });
+            self.text.push_str(&entry);
+            self.entries += 1;
+        }
+    }
+
+    pub fn changed(&self) -> bool {
+        self.changed > 0
+    }
+
+    pub fn finish(mut self) -> String {
+        match self.format {
+            Format::Text => {
+                let plural = if self.objects == 1 { "" } else { "s" };
+                let _ = writeln!(
+                    self.text,
+                    "{} object{plural}: {} would change, {} unchanged",
+                    self.objects,
+                    self.changed,
+                    self.objects - self.changed
+                );
+            }
+            Format::Json => {
+                self.text
+                    .push_str(if self.entries == 0 { "]\n" } else { "\n]\n" });
+            }
+            Format::Patch | Format::Yaml | Format::Diff => {}
+        }
+        self.text
+    }
 }
 
 fn objects(reports: &[DocumentReport]) -> impl Iterator<Item = &ObjectReport> {
@@ -66,26 +168,11 @@ fn objects(reports: &[DocumentReport]) -> impl Iterator<Item = &ObjectReport> {
 
 /// Why an object is left as it is, in words.
 pub fn unchanged_reason(object: &ObjectReport) -> String {
-    match &object.outcome.disposition {
-        Disposition::Hardened => "already hardened".to_owned(),
-        Disposition::ExcludedNamespace(namespace) => {
-            format!("namespace {namespace} is excluded by the configuration")
-        }
-        Disposition::SkippedAll => format!(
-            "opted out with {}: all",
-            kube_hardener_engine::ANNOTATION_SKIP
-        ),
-        Disposition::UnsupportedKind(kind) => format!("{kind} is not a Pod or workload"),
-    }
-}
-
-fn disposition_name(disposition: &Disposition) -> &'static str {
-    match disposition {
-        Disposition::Hardened => "hardened",
-        Disposition::ExcludedNamespace(_) => "excluded-namespace",
-        Disposition::SkippedAll => "skipped-all",
-        Disposition::UnsupportedKind(_) => "unsupported-kind",
-    }
+    object
+        .outcome
+        .disposition
+        .reason()
+        .unwrap_or_else(|| "already hardened".to_owned())
 }
 
 fn compact(value: &impl Serialize) -> String {
@@ -116,9 +203,7 @@ fn operation_line(operation: &json_patch::PatchOperation) -> String {
 
 fn text(reports: &[DocumentReport]) -> String {
     let mut out = String::new();
-    let (mut total, mut changed) = (0usize, 0usize);
     for object in objects(reports) {
-        total += 1;
         let _ = writeln!(out, "{} ({})", object.identity(), object.location);
         let Outcome {
             patch,
@@ -129,7 +214,6 @@ fn text(reports: &[DocumentReport]) -> String {
         if patch.0.is_empty() {
             let _ = writeln!(out, "  unchanged ({})", unchanged_reason(object));
         } else {
-            changed += 1;
             let _ = writeln!(out, "  patch:");
             for operation in &patch.0 {
                 let _ = writeln!(out, "    {}", operation_line(operation));
@@ -143,12 +227,6 @@ fn text(reports: &[DocumentReport]) -> String {
             let _ = writeln!(out, "  warning: {warning}");
         }
     }
-    let plural = if total == 1 { "" } else { "s" };
-    let _ = writeln!(
-        out,
-        "{total} object{plural}: {changed} would change, {} unchanged",
-        total - changed
-    );
     out
 }
 
@@ -175,10 +253,6 @@ fn to_yaml(value: &Value) -> String {
     let mut out = String::new();
     crate::yaml::write_document(&mut out, value);
     out
-}
-
-fn yaml(reports: &[DocumentReport]) -> Result<String, PreviewError> {
-    render_owned(reports.to_vec(), Format::Yaml, false)
 }
 
 const RED: &str = "\x1b[31m";
@@ -261,8 +335,10 @@ struct JsonObject<'a> {
     warnings: Vec<JsonWarning<'a>>,
 }
 
-fn json(reports: &[DocumentReport]) -> Result<String, PreviewError> {
-    let entries: Vec<JsonObject<'_>> = objects(reports)
+/// One pretty-printed entry per object, indented as an element of the
+/// top-level array (exactly what pretty-printing the whole array gives).
+fn json_entries(reports: &[DocumentReport]) -> Result<Vec<String>, PreviewError> {
+    objects(reports)
         .map(|object| {
             let outcome = &object.outcome;
             JsonObject {
@@ -273,7 +349,7 @@ fn json(reports: &[DocumentReport]) -> Result<String, PreviewError> {
                 kind: &object.kind,
                 namespace: object.namespace.as_deref(),
                 name: object.name.as_deref(),
-                disposition: disposition_name(&outcome.disposition),
+                disposition: Disposition::label(&outcome.disposition),
                 changed: object.changed(),
                 reason: (!object.changed()).then(|| unchanged_reason(object)),
                 patch: &outcome.patch,
@@ -289,13 +365,23 @@ fn json(reports: &[DocumentReport]) -> Result<String, PreviewError> {
                     .collect(),
             }
         })
-        .collect();
-    let mut out = serde_json::to_string_pretty(&entries).map_err(|e| PreviewError::Render {
-        what: "JSON output".to_owned(),
-        message: e.to_string(),
-    })?;
-    out.push('\n');
-    Ok(out)
+        .map(|entry| {
+            let pretty =
+                serde_json::to_string_pretty(&entry).map_err(|e| PreviewError::Render {
+                    what: "JSON output".to_owned(),
+                    message: e.to_string(),
+                })?;
+            let mut indented = String::with_capacity(pretty.len() + pretty.len() / 8);
+            for (index, line) in pretty.lines().enumerate() {
+                if index > 0 {
+                    indented.push('\n');
+                }
+                indented.push_str("  ");
+                indented.push_str(line);
+            }
+            Ok(indented)
+        })
+        .collect()
 }
 
 #[cfg(test)]

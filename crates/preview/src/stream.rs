@@ -1,0 +1,361 @@
+//! The preview pipeline, a piece of input at a time, so memory stays flat
+//! whatever the size of the input.
+//!
+//! 1. **Namespaces first.** A Namespace object anywhere in the input supplies
+//!    the annotations of every object in that namespace, even earlier ones.
+//!    So a first pass collects them, parsing only the documents whose text
+//!    can hold one: the word `Namespace`, or an escape sequence that could
+//!    spell it (`\`). Every other document is skipped unparsed.
+//! 2. **Then the documents, in input order.** A YAML source is cut at `---`
+//!    lines into pieces; a window of pieces is parsed on several threads,
+//!    hardened and rendered, and only the rendered text is kept. A JSON
+//!    stream is read a batch of documents at a time.
+//!
+//! Bad input anywhere still means no output at all: the rendered text is
+//! kept in memory until the whole input has gone through, and the first
+//! error (in input order) is returned instead. A parse error found in a
+//! piece is reported as a serial parse of the whole source reports it, so
+//! its document number and line are those of the file.
+
+use kube_hardener_engine::Policy;
+use serde_json::Value;
+
+use crate::PreviewError;
+use crate::input::{self, Document, PIECE_BYTES, Source};
+use crate::process::{Namespaces, Options, collect_namespaces, evaluate_with};
+use crate::render::{Format, Output, Part, render_part};
+
+/// Documents of a JSON stream hardened and rendered at once.
+const JSON_BATCH: usize = 512;
+/// Upper bound on parse threads, whatever the machine.
+const MAX_THREADS: usize = 8;
+
+/// What every piece needs, shared by the threads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub namespaces: &'a Namespaces,
+    pub options: &'a Options,
+    pub policy: &'a Policy,
+    pub format: Format,
+    pub color: bool,
+}
+
+/// Pass 1: the annotations of every Namespace object in the input.
+pub(crate) fn namespaces(sources: &[Source]) -> Result<Namespaces, PreviewError> {
+    let mut namespaces = Namespaces::new();
+    for source in sources {
+        if !may_hold_namespace(&source.text) {
+            continue;
+        }
+        if input::is_json(source) {
+            json_namespaces(source, &mut namespaces)?;
+        } else if yaml_namespaces(source, &mut namespaces).is_err() {
+            // The quick pass numbers documents per piece; for the error,
+            // go through the whole source the exact way.
+            exact_yaml_namespaces(source, &mut namespaces)?;
+        }
+    }
+    Ok(namespaces)
+}
+
+/// Whether `text` can contain a Namespace object: its kind must be spelt
+/// out, or written with escapes.
+fn may_hold_namespace(text: &str) -> bool {
+    text.contains("Namespace") || text.contains('\\')
+}
+
+/// Parses only the documents that may hold a Namespace, one at a time.
+fn yaml_namespaces(source: &Source, namespaces: &mut Namespaces) -> Result<(), PreviewError> {
+    for document in input::yaml_pieces(&source.text, 0) {
+        if may_hold_namespace(document) {
+            let (documents, _) = input::parse_yaml_text(document, &source.name)?;
+            collect_namespaces(&documents, namespaces)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every document of the source in one serial parse, each dropped after use:
+/// slower, but its errors carry the file's own document numbers and lines.
+fn exact_yaml_namespaces(source: &Source, namespaces: &mut Namespaces) -> Result<(), PreviewError> {
+    let mut failed = None;
+    input::each_yaml_document(&source.text, &source.name, &mut |document| {
+        if failed.is_none()
+            && let Err(error) = collect_namespaces(std::slice::from_ref(&document), namespaces)
+        {
+            failed = Some(error);
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
+fn json_namespaces(source: &Source, namespaces: &mut Namespaces) -> Result<(), PreviewError> {
+    each_json_batch(source, &mut |documents| {
+        collect_namespaces(&documents, namespaces)
+    })
+}
+
+/// Pass 2 for one source: its documents hardened and rendered into `output`.
+pub(crate) fn render_source(
+    source: &Source,
+    job: Job<'_>,
+    output: &mut Output,
+) -> Result<(), PreviewError> {
+    let rendered = if input::is_json(source) {
+        each_json_batch(source, &mut |documents| {
+            output.append(part(documents, job)?);
+            Ok(())
+        })
+    } else {
+        render_yaml(source, job, output)
+    };
+    rendered.map_err(|error| match error {
+        PreviewError::Parse { .. } => input::first_error(source).unwrap_or(error),
+        other => other,
+    })
+}
+
+fn part(documents: Vec<Document>, job: Job<'_>) -> Result<Part, PreviewError> {
+    let reports = evaluate_with(documents, job.namespaces, job.options, job.policy)?;
+    render_part(reports, job.format, job.color)
+}
+
+fn renumber(documents: &mut [Document], offset: usize) {
+    for document in documents {
+        document.location.document += offset;
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
+}
+
+/// A window of pieces at a time: parse them all (in parallel), number their
+/// documents, then harden and render them all (in parallel), and append the
+/// parts in order. At most one window of parsed documents exists at a time.
+fn render_yaml(source: &Source, job: Job<'_>, output: &mut Output) -> Result<(), PreviewError> {
+    let pieces = input::yaml_pieces(&source.text, PIECE_BYTES);
+    let mut offset = 0;
+    for window in pieces.chunks(threads()) {
+        let parsed = parallel(window, |piece| input::parse_yaml_text(piece, &source.name));
+        let mut batches = Vec::with_capacity(parsed.len());
+        for result in parsed {
+            let (mut documents, count) = result?;
+            renumber(&mut documents, offset);
+            offset += count;
+            batches.push(documents);
+        }
+        for rendered in parallel_owned(batches, |documents| part(documents, job)) {
+            output.append(rendered?);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `work` over `items` on scoped threads (inline for a single item),
+/// results in the order of `items`.
+fn parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() < 2 {
+        return items.iter().map(&work).collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .iter()
+            .map(|item| scope.spawn(|| work(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+/// [`parallel`] for items that move into their thread.
+fn parallel_owned<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if items.len() < 2 {
+        return items.into_iter().map(&work).collect();
+    }
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || work(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+/// Calls `each` with consecutive batches of a JSON stream's documents.
+fn each_json_batch(
+    source: &Source,
+    each: &mut dyn FnMut(Vec<Document>) -> Result<(), PreviewError>,
+) -> Result<(), PreviewError> {
+    let stream = serde_json::Deserializer::from_str(&source.text).into_iter::<Value>();
+    let mut batch = Vec::with_capacity(JSON_BATCH);
+    for (index, value) in stream.enumerate() {
+        let location = input::location(source, index + 1);
+        let value = value.map_err(|e| PreviewError::Parse {
+            location: location.clone(),
+            format: "JSON",
+            message: e.to_string(),
+        })?;
+        batch.push(Document { location, value });
+        if batch.len() == JSON_BATCH {
+            each(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(JSON_BATCH),
+            ))?;
+        }
+    }
+    if !batch.is_empty() {
+        each(batch)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::parse;
+    use crate::process::evaluate;
+    use crate::render::render_owned;
+
+    fn source(text: String, json: bool) -> Source {
+        Source {
+            name: "big.yaml".to_owned(),
+            text,
+            json,
+        }
+    }
+
+    /// Several pieces' worth of pods across namespaces, with the Namespace
+    /// that opts `late` out coming last, after the pods it governs.
+    fn big_yaml() -> String {
+        let mut text = String::from("# generated\n");
+        for i in 0..4_000 {
+            let namespace = ["shop", "late", "web"][i % 3];
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: pod-{i}\n  namespace: {namespace}\nspec:\n  containers:\n    - name: app\n      image: app:{i}\n"
+            ));
+            if i % 500 == 0 {
+                text.push_str("---\n# an empty document\n");
+            }
+        }
+        text.push_str("---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: late\n  annotations:\n    kube-hardener.io/skip: all\n");
+        text
+    }
+
+    fn streamed(sources: &[Source], format: Format) -> Result<String, PreviewError> {
+        let namespaces = namespaces(sources)?;
+        let options = Options {
+            default_namespace: "default".to_owned(),
+            ..Options::default()
+        };
+        let policy = Policy::default();
+        let job = Job {
+            namespaces: &namespaces,
+            options: &options,
+            policy: &policy,
+            format,
+            color: false,
+        };
+        let mut output = Output::new(format);
+        for source in sources {
+            render_source(source, job, &mut output)?;
+        }
+        Ok(output.finish())
+    }
+
+    fn whole(sources: &[Source], format: Format) -> String {
+        let mut documents = Vec::new();
+        for source in sources {
+            documents.extend(parse(source).unwrap());
+        }
+        let options = Options {
+            default_namespace: "default".to_owned(),
+            ..Options::default()
+        };
+        let reports = evaluate(documents, &options, &Policy::default()).unwrap();
+        render_owned(reports, format, false).unwrap()
+    }
+
+    #[test]
+    fn streaming_renders_exactly_what_the_whole_input_renders() {
+        let text = big_yaml();
+        assert!(
+            input::yaml_pieces(&text, PIECE_BYTES).len() > 2,
+            "several pieces"
+        );
+        let json_stream: String = (0..1_200)
+            .map(|i| {
+                format!(
+                    "{{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{{\"name\":\"j{i}\",\"namespace\":\"late\"}},\"spec\":{{\"containers\":[{{\"name\":\"c\"}}]}}}}\n"
+                )
+            })
+            .collect();
+        let sources = [source(text, false), source(json_stream, true)];
+        for format in [
+            Format::Text,
+            Format::Patch,
+            Format::Yaml,
+            Format::Diff,
+            Format::Json,
+        ] {
+            assert_eq!(
+                streamed(&sources, format).unwrap(),
+                whole(&sources, format),
+                "{format:?}"
+            );
+        }
+        let text = streamed(&sources, Format::Text).unwrap();
+        assert!(text.contains("Pod late/pod-1 (big.yaml: document 3)\n  unchanged (opted out with kube-hardener.io/skip: all)"), "the late Namespace applies to earlier pods");
+        assert!(
+            text.ends_with("5201 objects: 2667 would change, 2534 unchanged\n"),
+            "{}",
+            &text[text.len() - 80..]
+        );
+    }
+
+    #[test]
+    fn a_parse_error_in_a_later_piece_names_the_documents_and_line_of_the_file() {
+        let mut text = big_yaml();
+        text.push_str("---\nkind: Pod\nmetadata: [unclosed\n");
+        let sources = [source(text.clone(), false)];
+        let error = streamed(&sources, Format::Yaml).unwrap_err().to_string();
+        let serial = input::first_error(&sources[0]).unwrap().to_string();
+        assert_eq!(error, serial);
+        let documents = text.matches("\n---").count();
+        assert!(
+            error.starts_with(&format!("big.yaml: document {documents}: invalid YAML")),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("line {}", text.lines().count() + 1)),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_namespace_prefilter_never_misses_an_escaped_kind() {
+        // `Namespace` spelt with a YAML escape still opts the pod out.
+        let text = "kind: Pod\nmetadata: {name: p, namespace: esc}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: \"Name\\x73pace\"\nmetadata:\n  name: esc\n  annotations: {kube-hardener.io/skip: all}\n".to_owned();
+        let sources = [source(text, false)];
+        let out = streamed(&sources, Format::Text).unwrap();
+        assert!(
+            out.contains("unchanged (opted out with kube-hardener.io/skip: all)"),
+            "{out}"
+        );
+        assert!(!may_hold_namespace("kind: Pod\nmetadata: {name: ns}\n"));
+    }
+}
