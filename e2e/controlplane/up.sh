@@ -101,10 +101,46 @@ mkdir -p "$pki"
     printf 'extendedKeyUsage=clientAuth\n' >admin.ext
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
         -extfile admin.ext -out admin.crt 2>/dev/null
+    # The client certificate the API server presents to admission webhooks
+    # (mutual TLS; see the admission configuration below). Its own CA, so a
+    # webhook that trusts it trusts nothing else of this cluster.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=kube-hardener-e2e-webhook-client-ca" \
+        -keyout webhook-client-ca.key -out webhook-client-ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver-webhook-client" \
+        -keyout webhook-client.key -out webhook-client.csr 2>/dev/null
+    openssl x509 -req -in webhook-client.csr -CA webhook-client-ca.crt -CAkey webhook-client-ca.key \
+        -CAcreateserial -days 2 -extfile admin.ext -out webhook-client.crt 2>/dev/null
     # Service-account token signing key.
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
     openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
 ) || die "generating certificates with openssl failed"
+
+# The API server presents webhook-client.crt to every webhook it calls ("*").
+# A webhook that does not ask for a client certificate never sees it.
+cat >"$pki/webhook-kubeconfig.yaml" <<WEBHOOKKUBECONFIG
+apiVersion: v1
+kind: Config
+users:
+- name: "*"
+  user:
+    client-certificate: $pki/webhook-client.crt
+    client-key: $pki/webhook-client.key
+WEBHOOKKUBECONFIG
+cat >"$pki/admission.yaml" <<ADMISSION
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $pki/webhook-kubeconfig.yaml
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $pki/webhook-kubeconfig.yaml
+ADMISSION
 
 # --- etcd ---------------------------------------------------------------------
 etcd_port="$(free_port)"
@@ -146,6 +182,7 @@ env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy NO_PROXY='*' \
     --authorization-mode=RBAC \
     --allow-privileged=true \
     --disable-admission-plugins=DefaultStorageClass,StorageObjectInUseProtection,PersistentVolumeClaimResize \
+    --admission-control-config-file="$pki/admission.yaml" \
     --v=1 \
     >"$state/kube-apiserver.log" 2>&1 &
 pids+=($!)
@@ -197,6 +234,9 @@ export KUBECONFIG="$kubeconfig"
 export PATH="$CONTROLPLANE_DIR:$PATH"
 # deploy's e2e test installs these when the cluster lacks cert-manager.
 export KUBE_HARDENER_CERT_MANAGER_CRDS="$CERT_MANAGER_CRDS_DIR"
+# The CA of the client certificate the API server presents to webhooks, and
+# a certificate of another CA, for the mutual-TLS test.
+export KUBE_HARDENER_E2E_WEBHOOK_CLIENT_CA="$pki/webhook-client-ca.crt"
 
 if [[ $mode == wrap ]]; then
     set +e

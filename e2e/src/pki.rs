@@ -52,18 +52,27 @@ impl Pki {
 
     /// A fresh key and certificate for 127.0.0.1 / localhost: `(cert_pem, key_pem)`.
     pub fn serving(&self, common_name: &str) -> Result<(String, String)> {
-        let key = KeyPair::generate().context("generating a serving key")?;
+        self.issue(common_name, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A fresh client certificate (`clientAuth`) named `common_name`.
+    pub fn client(&self, common_name: &str) -> Result<(String, String)> {
+        self.issue(common_name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, common_name: &str, usage: ExtendedKeyUsagePurpose) -> Result<(String, String)> {
+        let key = KeyPair::generate().context("generating a key")?;
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .context("serving certificate names")?;
+                .context("certificate names")?;
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         validity(&mut params);
         let cert = params
             .signed_by(&key, &self.issuer)
-            .context("signing a serving certificate")?;
+            .with_context(|| format!("signing a certificate for {common_name}"))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 }

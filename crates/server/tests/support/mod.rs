@@ -327,6 +327,40 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> R
     parse_response(&raw)
 }
 
+/// Reads exactly one response (head and `Content-Length` body) from a
+/// keep-alive connection; `None` when the server closes first.
+pub async fn read_one_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Option<Response> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => raw.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = parse_response(&raw);
+    let length: usize = head
+        .header("content-length")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(Response { body, ..head })
+}
+
+/// A `POST /mutate` request for `body`, kept alive.
+pub fn keep_alive_request(body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
 pub fn parse_response(raw: &[u8]) -> Response {
     let split = raw
         .windows(4)
