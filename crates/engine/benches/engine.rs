@@ -3,6 +3,12 @@
 
 use std::hint::black_box;
 
+// The allocator of the `kube-hardener` binary, so the figures are the
+// product's (BENCHMARKS.md also gives the system allocator's, measured by
+// building without these two lines).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kube_hardener_engine::{Context, Policy, harden};
 use serde_json::{Value, json};
@@ -96,5 +102,54 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Cost per container as the container count grows: the review of a pod
+/// with 50,000 containers must cost 50,000 times that of one with one, not
+/// its square. Throughput is per container, so criterion prints the rate.
+fn scale(c: &mut Criterion) {
+    let ctx = Context::default();
+    let without_read_only = {
+        let mut policy = Policy::default();
+        policy
+            .settings
+            .set(kube_hardener_engine::Setting::ReadOnlyRootFilesystem, false);
+        policy
+    };
+    for (label, policy) in [
+        ("every default", Policy::default()),
+        ("readOnlyRootFilesystem off", without_read_only),
+    ] {
+        let mut group = c.benchmark_group(format!("scale/{label}"));
+        for count in [10usize, 1_000, 50_000] {
+            let object = pod(
+                (0..count)
+                    .map(|i| json!({"name": format!("c{i}"), "image": "registry.example/app:1"}))
+                    .collect(),
+                vec![],
+                0,
+            );
+            group.throughput(Throughput::Elements(count as u64));
+            if count >= 50_000 {
+                group.sample_size(10);
+            }
+            group.bench_function(format!("{count} containers"), |b| {
+                b.iter(|| harden(black_box(&object), &ctx, &policy).map(|o| o.patch.0.len()))
+            });
+            // The floor at the same size, once: what any JSON handling of
+            // this pod costs per container, memory hierarchy included.
+            if label == "every default" {
+                let bytes = serde_json::to_vec(&object).unwrap_or_default();
+                group.bench_function(format!("{count} containers, parse+serialize"), |b| {
+                    b.iter(|| {
+                        let value: Value =
+                            serde_json::from_slice(black_box(&bytes)).unwrap_or_default();
+                        serde_json::to_vec(&value).unwrap_or_default()
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench, scale);
 criterion_main!(benches);

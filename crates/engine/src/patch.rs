@@ -9,10 +9,9 @@
 //! whole. Every operation therefore applies to the original in order, and
 //! nothing is cloned but the values being added.
 
-use std::collections::HashMap;
-
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use rustc_hash::FxHashMap;
 use serde_json::{Map, Value};
 
 /// One unescaped JSON-pointer token. Every key the engine writes is a
@@ -55,7 +54,9 @@ pub(crate) struct PatchBuilder<'v> {
     /// Index into `ops` of the pending `add` at each path. A pod with
     /// thousands of containers adds thousands of operations; a linear search
     /// here made a review cost the square of its container count.
-    pending: HashMap<Vec<Token>, usize>,
+    /// Keyed by the engine's own constant tokens and indices (never by
+    /// request-chosen strings), so the unseeded Fx hash is safe and cheap.
+    pending: FxHashMap<Vec<Token>, usize>,
 }
 
 /// The child of `node` at `token`; `null` counts as absent.
@@ -87,7 +88,7 @@ impl<'v> PatchBuilder<'v> {
         PatchBuilder {
             root,
             ops: Vec::new(),
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
         }
     }
 
