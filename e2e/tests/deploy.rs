@@ -73,7 +73,7 @@ fn assert_applied(stdout: &str, objects: &[&str]) {
     }
 }
 
-const BASE_OBJECTS: [&str; 9] = [
+const BASE_OBJECTS: [&str; 10] = [
     "namespace/kube-hardener",
     "serviceaccount/kube-hardener",
     "clusterrole.rbac.authorization.k8s.io/kube-hardener",
@@ -82,6 +82,7 @@ const BASE_OBJECTS: [&str; 9] = [
     "service/kube-hardener",
     "deployment.apps/kube-hardener",
     "poddisruptionbudget.policy/kube-hardener",
+    "networkpolicy.networking.k8s.io/kube-hardener",
     "mutatingwebhookconfiguration.admissionregistration.k8s.io/kube-hardener",
 ];
 

@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let result = preview(&args, &config, &mut input.as_bytes(), false, false);
-                black_box(result.map(|p| p.output.len()).unwrap_or_default())
+                black_box(result.map(|p| p.chunks.len()).unwrap_or_default())
             });
         });
     }

@@ -222,18 +222,26 @@ pub(crate) fn location(source: &Source, document: usize) -> Location {
 }
 
 fn parse_json(source: &Source) -> Result<Vec<Document>, PreviewError> {
-    let mut documents = Vec::new();
+    json_documents(source).collect()
+}
+
+/// The documents of a JSON stream (one or several concatenated values), one
+/// at a time.
+pub(crate) fn json_documents(
+    source: &Source,
+) -> impl Iterator<Item = Result<Document, PreviewError>> + '_ {
     let stream = serde_json::Deserializer::from_str(&source.text).into_iter::<Value>();
-    for (index, value) in stream.enumerate() {
+    stream.enumerate().map(|(index, value)| {
         let location = location(source, index + 1);
-        let value = value.map_err(|e| PreviewError::Parse {
-            location: location.clone(),
-            format: "JSON",
-            message: e.to_string(),
-        })?;
-        documents.push(Document { location, value });
-    }
-    Ok(documents)
+        match value {
+            Ok(value) => Ok(Document { location, value }),
+            Err(e) => Err(PreviewError::Parse {
+                location,
+                format: "JSON",
+                message: e.to_string(),
+            }),
+        }
+    })
 }
 
 fn parse_yaml(source: &Source) -> Result<Vec<Document>, PreviewError> {
@@ -299,17 +307,7 @@ pub(crate) fn each_yaml_document(
 /// number and line are those of the whole file), without keeping documents.
 pub(crate) fn first_error(source: &Source) -> Option<PreviewError> {
     if is_json(source) {
-        let stream = serde_json::Deserializer::from_str(&source.text).into_iter::<Value>();
-        for (index, value) in stream.enumerate() {
-            if let Err(e) = value {
-                return Some(PreviewError::Parse {
-                    location: location(source, index + 1),
-                    format: "JSON",
-                    message: e.to_string(),
-                });
-            }
-        }
-        return None;
+        return json_documents(source).find_map(Result::err);
     }
     each_yaml_document(&source.text, &source.name, &mut drop).err()
 }

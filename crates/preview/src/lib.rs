@@ -164,8 +164,16 @@ pub enum PreviewError {
 /// The result of a preview: the output to print and whether anything would change.
 #[derive(Debug, Clone)]
 pub struct Preview {
-    pub output: String,
+    /// The output in pieces, to be written in order (see [`Preview::output`]).
+    pub chunks: Vec<String>,
     pub changed: bool,
+}
+
+impl Preview {
+    /// The whole output as one string.
+    pub fn output(&self) -> String {
+        self.chunks.concat()
+    }
 }
 
 /// The policy the preview runs with: the configured one, with the webhook's
@@ -215,7 +223,7 @@ pub fn preview(
     }
     let changed = output.changed();
     Ok(Preview {
-        output: output.finish(),
+        chunks: output.finish_chunks(),
         changed,
     })
 }
@@ -250,10 +258,12 @@ pub fn run(args: &PreviewArgs, config: &Config) -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    if let Err(error) = stdout
-        .write_all(preview.output.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    let written = preview
+        .chunks
+        .iter()
+        .try_for_each(|chunk| stdout.write_all(chunk.as_bytes()))
+        .and_then(|()| stdout.flush());
+    if let Err(error) = written {
         // A closed pipe (`| head`) is the reader's choice, not a failure.
         if error.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("kube-hardener preview: cannot write output: {error}");
@@ -388,7 +398,7 @@ mod tests {
             );
             match result {
                 Err(error) => assert_eq!(error.to_string(), expected),
-                Ok(preview) => panic!("expected an error, got {:?}", preview.output),
+                Ok(preview) => panic!("expected an error, got {:?}", preview.output()),
             }
         }
     }

@@ -98,11 +98,13 @@ pub fn render_part(
     Ok(part)
 }
 
-/// The whole output, built from parts in input order.
+/// The whole output, built from parts in input order. Parts are kept as they
+/// came rather than appended to one buffer: a growing buffer of 80 MB would
+/// briefly need 200 MB while it doubles.
 #[derive(Debug)]
 pub struct Output {
     format: Format,
-    text: String,
+    chunks: Vec<String>,
     objects: usize,
     changed: usize,
     entries: usize,
@@ -110,14 +112,14 @@ pub struct Output {
 
 impl Output {
     pub fn new(format: Format) -> Self {
-        let text = if format == Format::Json {
-            "[".to_owned()
+        let chunks = if format == Format::Json {
+            vec!["[".to_owned()]
         } else {
-            String::new()
+            Vec::new()
         };
         Output {
             format,
-            text,
+            chunks,
             objects: 0,
             changed: 0,
             entries: 0,
@@ -127,38 +129,49 @@ impl Output {
     pub fn append(&mut self, part: Part) {
         self.objects += part.objects;
         self.changed += part.changed;
-        self.text.push_str(&part.text);
+        if !part.text.is_empty() {
+            self.chunks.push(part.text);
+        }
+        if part.entries.is_empty() {
+            return;
+        }
+        let mut joined = String::with_capacity(part.entries.iter().map(|e| e.len() + 2).sum());
         for entry in part.entries {
-            self.text
-                .push_str(if self.entries == 0 { "\n" } else { ",\n" });
-            self.text.push_str(&entry);
+            joined.push_str(if self.entries == 0 { "\n" } else { ",\n" });
+            joined.push_str(&entry);
             self.entries += 1;
         }
+        self.chunks.push(joined);
     }
 
     pub fn changed(&self) -> bool {
         self.changed > 0
     }
 
-    pub fn finish(mut self) -> String {
+    /// The output's pieces, in order, with its closing text added.
+    pub fn finish_chunks(mut self) -> Vec<String> {
         match self.format {
             Format::Text => {
                 let plural = if self.objects == 1 { "" } else { "s" };
-                let _ = writeln!(
-                    self.text,
-                    "{} object{plural}: {} would change, {} unchanged",
+                self.chunks.push(format!(
+                    "{} object{plural}: {} would change, {} unchanged\n",
                     self.objects,
                     self.changed,
                     self.objects - self.changed
-                );
+                ));
             }
             Format::Json => {
-                self.text
-                    .push_str(if self.entries == 0 { "]\n" } else { "\n]\n" });
+                self.chunks
+                    .push(if self.entries == 0 { "]\n" } else { "\n]\n" }.to_owned());
             }
             Format::Patch | Format::Yaml | Format::Diff => {}
         }
-        self.text
+        self.chunks
+    }
+
+    /// The whole output as one string.
+    pub fn finish(self) -> String {
+        self.finish_chunks().concat()
     }
 }
 

@@ -18,7 +18,6 @@
 //! its document number and line are those of the file.
 
 use kube_hardener_engine::Policy;
-use serde_json::Value;
 
 use crate::PreviewError;
 use crate::input::{self, Document, PIECE_BYTES, Source};
@@ -157,22 +156,7 @@ fn render_yaml(source: &Source, job: Job<'_>, output: &mut Output) -> Result<(),
 /// Runs `work` over `items` on scoped threads (inline for a single item),
 /// results in the order of `items`.
 fn parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if items.len() < 2 {
-        return items.iter().map(&work).collect();
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .iter()
-            .map(|item| scope.spawn(|| work(item)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| match handle.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    })
+    parallel_owned(items.iter().collect(), work)
 }
 
 /// [`parallel`] for items that move into their thread.
@@ -201,16 +185,9 @@ fn each_json_batch(
     source: &Source,
     each: &mut dyn FnMut(Vec<Document>) -> Result<(), PreviewError>,
 ) -> Result<(), PreviewError> {
-    let stream = serde_json::Deserializer::from_str(&source.text).into_iter::<Value>();
     let mut batch = Vec::with_capacity(JSON_BATCH);
-    for (index, value) in stream.enumerate() {
-        let location = input::location(source, index + 1);
-        let value = value.map_err(|e| PreviewError::Parse {
-            location: location.clone(),
-            format: "JSON",
-            message: e.to_string(),
-        })?;
-        batch.push(Document { location, value });
+    for document in input::json_documents(source) {
+        batch.push(document?);
         if batch.len() == JSON_BATCH {
             each(std::mem::replace(
                 &mut batch,

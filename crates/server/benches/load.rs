@@ -11,7 +11,8 @@
 //! Environment: `KH_BENCH_BIN` (default `target/release/kube-hardener`),
 //! `KH_BENCH_SECONDS` per phase (10), `KH_BENCH_CONNECTIONS` (32),
 //! `KH_BENCH_NAMESPACES` created before the memory phase (10000),
-//! `KH_BENCH_LOG_LEVEL` of the server (info). Targets only 127.0.0.1, every
+//! `KH_BENCH_LOG_LEVEL` of the server (info), `KH_BENCH_HUGE=0` to skip the
+//! phase with 4 MiB pods in flight (for a baseline binary that cannot do it). Targets only 127.0.0.1, every
 //! phase is bounded in time, and the server is stopped with SIGTERM at the end.
 
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ struct Settings {
     connections: usize,
     namespaces: usize,
     log_level: String,
+    /// Whether to run the phase with huge pods in flight.
+    huge: bool,
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T> {
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         connections: env_or("KH_BENCH_CONNECTIONS", 32)?,
         namespaces: env_or("KH_BENCH_NAMESPACES", 10_000)?,
         log_level: env_or("KH_BENCH_LOG_LEVEL", "info".to_owned())?,
+        huge: env_or("KH_BENCH_HUGE", 1u8)? != 0,
     };
     if !settings.bin.exists() {
         bail!(
@@ -151,6 +155,13 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
             kib_to_mib(rss_load),
             kib_to_mib(hwm),
         );
+    }
+
+    if settings.huge {
+        let server = Server::start(settings, &pki, 2).await?;
+        huge_phase(&server, &pki, phase).await?;
+        let exit = server.stop().await?;
+        println!("huge-pod phase | SIGTERM exit: {exit}");
     }
 
     if settings.namespaces > 0 {
@@ -515,6 +526,77 @@ impl Connection {
             self.buf.extend_from_slice(&chunk[..read]);
         }
     }
+}
+
+/// Containers in each huge review: about 4 MiB of body, just under the
+/// default `max_body_bytes`.
+const HUGE_CONTAINERS: usize = 110_000;
+/// Rate of the normal reviews measured next to the huge ones.
+const NORMAL_RATE: f64 = 200.0;
+
+/// Normal reviews at a steady rate, first alone and then while two
+/// connections keep sending 4 MiB pods; the two p99s come from one run.
+async fn huge_phase(server: &Server, pki: &Pki, phase: Duration) -> anyhow::Result<()> {
+    let mut alone = paced(server, pki, 4, NORMAL_RATE, phase).await?;
+    let huge = Arc::new(huge_request_bytes()?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let mut conn = Connection::open(server.addr, pki, Arc::clone(&huge)).await?;
+        let stop = Arc::clone(&stop);
+        senders.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                match conn.review().await {
+                    Ok(true) => done.push(sent.elapsed()),
+                    _ => break,
+                }
+            }
+            done
+        }));
+    }
+    // Let both huge reviews get under way before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut next_to_huge = paced(server, pki, 4, NORMAL_RATE, phase).await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut huge_times = Vec::new();
+    for sender in senders {
+        huge_times.extend(tokio::time::timeout(Duration::from_secs(60), sender).await??);
+    }
+    huge_times.sort_unstable();
+    let huge_median = huge_times
+        .get(huge_times.len() / 2)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    println!(
+        "normal reviews at {NORMAL_RATE:.0}/s: alone p50 {:.3} ms, p99 {:.3} ms ({} errors) |          while 2 × {} B reviews ({HUGE_CONTAINERS} containers) are in flight: p50 {:.3} ms, p99 {:.3} ms,          max {:.3} ms ({} errors); {} huge reviews answered, median {huge_median:.0} ms each",
+        alone.percentile(0.50),
+        alone.percentile(0.99),
+        alone.errors,
+        huge.len(),
+        next_to_huge.percentile(0.50),
+        next_to_huge.percentile(0.99),
+        next_to_huge.percentile(1.0),
+        next_to_huge.errors,
+        huge_times.len(),
+    );
+    Ok(())
+}
+
+fn huge_request_bytes() -> anyhow::Result<Vec<u8>> {
+    let mut review: serde_json::Value = serde_json::from_str(REVIEW)?;
+    let containers: Vec<serde_json::Value> = (0..HUGE_CONTAINERS)
+        .map(|i| serde_json::json!({"name": format!("c{i}"), "image": "app:1"}))
+        .collect();
+    review["request"]["object"]["spec"]["containers"] = serde_json::Value::from(containers);
+    let body = serde_json::to_vec(&review)?;
+    let mut request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    Ok(request)
 }
 
 fn request_bytes() -> Vec<u8> {

@@ -57,6 +57,12 @@ struct RequestIn {
     dry_run: Option<bool>,
 }
 
+// kube-core has GroupVersionKind/Resource and a whole AdmissionReview type,
+// but they require every field and (for the review) decode `object` into a
+// typed DynamicObject. This webhook must answer a review whatever it lacks and
+// hand the engine `object` byte-for-byte as sent, so it keeps these lenient
+// copies of the seven fields it reads; `operation` stays a string because an
+// operation it does not know is ignored, not refused.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub(crate) struct GroupVersionKind {
@@ -519,7 +525,63 @@ mod tests {
         }
     }
 
+    /// Any JSON value: leaves of every type, nested up to a few levels.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,16}".prop_map(serde_json::Value::from),
+            prop::sample::select(vec![
+                "CREATE",
+                "UPDATE",
+                "pods",
+                "ephemeralcontainers",
+                "apps",
+                ""
+            ])
+            .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop::sample::select(vec!["group", "version", "kind", "resource", "x"]),
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| serde_json::Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+            ]
+        })
+    }
+
     proptest::proptest! {
+        /// A review whose request fields hold anything: decoding answers Ok
+        /// or a typed error, and what decodes classifies and renders.
+        #[test]
+        fn structured_reviews_decode_classify_and_render(
+            fields in proptest::collection::btree_map(
+                proptest::sample::select(vec!["uid", "kind", "resource", "subResource", "name",
+                    "namespace", "operation", "object", "oldObject", "dryRun"]),
+                any_json(),
+                0..10,
+            ),
+            workloads in proptest::bool::ANY,
+        ) {
+            let request: serde_json::Map<String, serde_json::Value> =
+                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            if let Ok(review) = parse(&review_json(serde_json::Value::Object(request))) {
+                let _ = classify(&review, workloads);
+                let _ = review.display_name();
+                let out = render(&review.uid, &Answer::default()).unwrap();
+                let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                proptest::prop_assert_eq!(out["response"]["uid"].as_str(), Some(review.uid.as_str()));
+            }
+        }
+
         /// Whatever arrives, decoding answers Ok or a typed error; it never panics.
         #[test]
         fn parse_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {

@@ -80,6 +80,8 @@ pub(crate) struct Decision {
     pub outcome: ReviewOutcome,
     pub mode: Option<Mode>,
     pub applied: Vec<Setting>,
+    /// `applied` as the comma-separated names used in logs and annotations.
+    pub applied_names: String,
     pub warning_kinds: Vec<WarningKind>,
     pub detail: Option<String>,
 }
@@ -91,6 +93,7 @@ impl Decision {
             outcome,
             mode: None,
             applied: Vec::new(),
+            applied_names: String::new(),
             warning_kinds: Vec::new(),
             detail: Some(detail.into()),
         }
@@ -235,12 +238,7 @@ fn answer(outcome: Outcome, mode: Mode, mode_warning: Option<String>) -> Decisio
         }
         Disposition::Hardened | Disposition::UnsupportedKind(_) => {}
     }
-    let applied_list = outcome
-        .applied
-        .iter()
-        .map(|setting| setting.name())
-        .collect::<Vec<_>>()
-        .join(",");
+    let applied_names = outcome.applied_names();
     let review_outcome = if outcome.is_empty() {
         ReviewOutcome::of_disposition(&outcome.disposition)
     } else {
@@ -248,7 +246,9 @@ fn answer(outcome: Outcome, mode: Mode, mode_warning: Option<String>) -> Decisio
             Mode::Enforce => match serde_json::to_vec(&outcome.patch) {
                 Ok(patch) => {
                     answer.patch = Some(patch);
-                    answer.audit_annotations.insert("applied", applied_list);
+                    answer
+                        .audit_annotations
+                        .insert("applied", applied_names.clone());
                     ReviewOutcome::Patched
                 }
                 Err(error) => {
@@ -258,13 +258,15 @@ fn answer(outcome: Outcome, mode: Mode, mode_warning: Option<String>) -> Decisio
             Mode::Audit => {
                 answer.warnings.push(format!(
                     "kube-hardener audit mode: would set {}",
-                    if applied_list.is_empty() {
+                    if applied_names.is_empty() {
                         "security defaults"
                     } else {
-                        &applied_list
+                        &applied_names
                     }
                 ));
-                answer.audit_annotations.insert("would-apply", applied_list);
+                answer
+                    .audit_annotations
+                    .insert("would-apply", applied_names.clone());
                 ReviewOutcome::Audited
             }
         }
@@ -277,6 +279,7 @@ fn answer(outcome: Outcome, mode: Mode, mode_warning: Option<String>) -> Decisio
         outcome: review_outcome,
         mode: Some(mode),
         applied: outcome.applied,
+        applied_names,
         warning_kinds,
         detail,
     }

@@ -115,12 +115,6 @@ impl State {
                 .get_or_create(&KindLabels { kind: kind.label() })
                 .inc();
         }
-        let applied = decision
-            .applied
-            .iter()
-            .map(|setting| setting.name())
-            .collect::<Vec<_>>()
-            .join(",");
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let uid = printable(&review.uid, MAX_LOGGED_CHARS);
         let namespace = printable(&review.namespace, MAX_LOGGED_CHARS);
@@ -152,7 +146,7 @@ impl State {
                 dry_run = review.dry_run,
                 outcome = decision.outcome.label(),
                 mode = decision.mode.map(Mode::label).unwrap_or("-"),
-                applied = %applied,
+                applied = %decision.applied_names,
                 warnings = decision.answer.warnings.len(),
                 detail = %detail,
                 latency_us,
