@@ -9,7 +9,6 @@
 //! `deploy/` (Service `NS/NAME`, caBundle copied from its
 //! MutatingWebhookConfiguration) instead; see docs/deploy.md.
 
-mod pki;
 mod server;
 
 use std::collections::BTreeMap;
@@ -25,7 +24,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-pub use pki::Pki;
+pub use kube_hardener_testkit::Pki;
 pub use server::{
     Certificate, LocalWebhook, ServerOptions, kube_hardener_bin, kube_hardener_command,
     workspace_root,
@@ -285,6 +284,60 @@ impl Default for RegisterOptions {
     }
 }
 
+/// Two namespaces behind one webhook registration: `plain`, and `skipped`
+/// (annotated `kube-hardener.io/skip: all`). Hardening in `plain` proves the
+/// webhook is in effect for `skipped` too.
+pub struct PlainAndSkipped {
+    pub plain: TestNamespace,
+    pub skipped: TestNamespace,
+    pub registration: Registration,
+}
+
+impl std::fmt::Debug for PlainAndSkipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlainAndSkipped")
+            .field("plain", &self.plain.name)
+            .field("skipped", &self.skipped.name)
+            .field("registration", &self.registration.name)
+            .finish()
+    }
+}
+
+impl PlainAndSkipped {
+    /// Creates both namespaces (named from `prefix`) and registers `target`
+    /// for their group; does not wait for the registration to take effect.
+    pub async fn create(client: &Client, target: &Target, prefix: &str) -> Result<Self> {
+        let group = unique_name(prefix);
+        let plain = TestNamespace::create(
+            client,
+            &format!("{prefix}-plain"),
+            NamespaceOptions::in_group(&group, BTreeMap::new()),
+        )
+        .await?;
+        let skipped = TestNamespace::create(
+            client,
+            &format!("{prefix}-skip"),
+            NamespaceOptions::in_group(
+                &group,
+                BTreeMap::from([("kube-hardener.io/skip".to_owned(), "all".to_owned())]),
+            ),
+        )
+        .await?;
+        let registration = Registration::create_for_label(
+            client,
+            target,
+            (GROUP_LABEL, &group),
+            RegisterOptions::default(),
+        )
+        .await?;
+        Ok(PlainAndSkipped {
+            plain,
+            skipped,
+            registration,
+        })
+    }
+}
+
 /// A MutatingWebhookConfiguration limited to one test namespace, deleted when dropped.
 pub struct Registration {
     pub name: String,
@@ -413,25 +466,17 @@ pub async fn wait_until_hardening(namespace: &TestNamespace) -> Result<()> {
     .await
 }
 
-/// Polls `check` every 200 ms until it returns `Ok`, for state the API server
-/// or the webhook picks up asynchronously (configurations, watches, files).
-/// Fails after `timeout` with `what` and the last observation (`check`'s `Err`).
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+/// Polls `check` until it returns `Ok`, for state the API server or the
+/// webhook picks up asynchronously (configurations, watches, files). Fails
+/// after `timeout` with `what` and the last observation (`check`'s `Err`).
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<(), String>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match check().await {
-            Ok(()) => return Ok(()),
-            Err(observation) => observation,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            bail!("waited {timeout:?} for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    kube_hardener_testkit::eventually(what, timeout, check)
+        .await
+        .map_err(|message| anyhow::anyhow!(message))
 }
 
 /// `kubectl` from `KUBECTL`, else from PATH (e2e/controlplane/up.sh puts the

@@ -10,9 +10,8 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
-    GROUP_LABEL, NamespaceOptions, RegisterOptions, Registration, TestNamespace, any_webhook,
-    applied_annotation, client, eventually, plain_pod, pod, to_json, unique_name,
-    wait_until_hardening,
+    NamespaceOptions, PlainAndSkipped, RegisterOptions, Registration, TestNamespace, any_webhook,
+    applied_annotation, client, eventually, plain_pod, pod, to_json, wait_until_hardening,
 };
 use serde_json::{Value, json};
 
@@ -256,29 +255,11 @@ async fn namespace_skip_all_leaves_pods_untouched() -> Result<()> {
     let (target, _server) = any_webhook(&client).await?;
     // One registration for two namespaces: hardening in the control namespace
     // proves the webhook is in effect for the opted-out one too.
-    let group = unique_name("group");
-    let control = TestNamespace::create(
-        &client,
-        "control",
-        NamespaceOptions::in_group(&group, BTreeMap::new()),
-    )
-    .await?;
-    let skipped = TestNamespace::create(
-        &client,
-        "skip-all",
-        NamespaceOptions::in_group(
-            &group,
-            BTreeMap::from([("kube-hardener.io/skip".to_owned(), "all".to_owned())]),
-        ),
-    )
-    .await?;
-    let _registration = Registration::create_for_label(
-        &client,
-        &target,
-        (GROUP_LABEL, &group),
-        RegisterOptions::default(),
-    )
-    .await?;
+    let PlainAndSkipped {
+        plain: control,
+        skipped,
+        registration: _registration,
+    } = PlainAndSkipped::create(&client, &target, "skip-all").await?;
     wait_until_hardening(&control).await?;
 
     let stored = skipped

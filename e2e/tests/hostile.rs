@@ -81,18 +81,7 @@ fn https_client(server: &LocalWebhook, identity: Option<(&str, &str)>) -> Result
 }
 
 fn review(uid: &str, namespace: &str) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": plain_pod("fake"),
-        }
-    })
+    kube_hardener_testkit::pod_create_review(uid, namespace, plain_pod("fake"))
 }
 
 async fn metrics(server: &LocalWebhook) -> Result<String> {

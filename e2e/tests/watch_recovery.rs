@@ -4,7 +4,6 @@
 //! and its cache honours namespace opt-outs with exactly those permissions.
 //! Always uses a local server: the test controls the server's credentials.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use kube_hardener_e2e::{
-    GROUP_LABEL, LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions,
-    TestNamespace, applied_annotation, client, eventually, plain_pod, pod, unique_name,
-    wait_until_hardening, workspace_root,
+    LocalWebhook, NamespaceOptions, PlainAndSkipped, ServerOptions, TestNamespace,
+    applied_annotation, client, eventually, plain_pod, pod, unique_name, wait_until_hardening,
+    workspace_root,
 };
 use serde_json::{Value, json};
 
@@ -296,29 +295,11 @@ async fn namespace_watch_recovers_once_the_shipped_role_is_bound() -> Result<()>
 
     // Namespaces created after recovery must arrive through the watch the
     // shipped role allows: a fallback GET answers one review but never fills the cache.
-    let group = unique_name("watch");
-    let plain = TestNamespace::create(
-        &client,
-        "watch-plain",
-        NamespaceOptions::in_group(&group, BTreeMap::new()),
-    )
-    .await?;
-    let skipped = TestNamespace::create(
-        &client,
-        "watch-skip",
-        NamespaceOptions::in_group(
-            &group,
-            BTreeMap::from([("kube-hardener.io/skip".to_owned(), "all".to_owned())]),
-        ),
-    )
-    .await?;
-    let _registration = Registration::create_for_label(
-        &client,
-        &server.target(),
-        (GROUP_LABEL, &group),
-        RegisterOptions::default(),
-    )
-    .await?;
+    let PlainAndSkipped {
+        plain,
+        skipped,
+        registration: _registration,
+    } = PlainAndSkipped::create(&client, &server.target(), "watch").await?;
     eventually(
         "the watch to add the two new namespaces to the cache",
         Duration::from_secs(30),

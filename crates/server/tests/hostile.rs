@@ -16,18 +16,7 @@ use support::{Setup, assert_metric, keep_alive_request, read_one_response};
 use tokio::io::AsyncWriteExt as _;
 
 fn review(uid: &str, pod: Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "object": pod,
-        }
-    })
+    kube_hardener_testkit::pod_create_review(uid, "team-a", pod)
 }
 
 fn pod(containers: usize) -> Value {

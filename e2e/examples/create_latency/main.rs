@@ -19,13 +19,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use kube_hardener_e2e::{
-    GROUP_LABEL, LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions,
-    Target, TestNamespace, applied_annotation, client, eventually, plain_pod, pod, unique_name,
-    wait_until_hardening,
+    GROUP_LABEL, LocalWebhook, NamespaceOptions, PlainAndSkipped, RegisterOptions, Registration,
+    ServerOptions, Target, TestNamespace, applied_annotation, client, eventually, plain_pod, pod,
+    unique_name, wait_until_hardening,
 };
 use serde_json::Value;
 
-const ANNOTATION_SKIP: &str = "kube-hardener.io/skip";
 
 const WARM_UP: usize = 50;
 
@@ -89,30 +88,12 @@ async fn main() -> Result<()> {
     // One registration for two namespaces: in one the webhook patches, in the
     // other (`skip: all`) it is called but returns no patch, which separates
     // the cost of the call from the cost of applying the patch.
-    let group = unique_name("bench");
     let plain = TestNamespace::create(&client, "bench-plain", Default::default()).await?;
-    let hardened = TestNamespace::create(
-        &client,
-        "bench-webhook",
-        NamespaceOptions::in_group(&group, BTreeMap::new()),
-    )
-    .await?;
-    let skipped = TestNamespace::create(
-        &client,
-        "bench-skip",
-        NamespaceOptions::in_group(
-            &group,
-            BTreeMap::from([(ANNOTATION_SKIP.to_owned(), "all".to_owned())]),
-        ),
-    )
-    .await?;
-    let _registration = Registration::create_for_label(
-        &client,
-        &server.target(),
-        (GROUP_LABEL, &group),
-        RegisterOptions::default(),
-    )
-    .await?;
+    let PlainAndSkipped {
+        plain: hardened,
+        skipped,
+        registration: _registration,
+    } = PlainAndSkipped::create(&client, &server.target(), "bench").await?;
     wait_until_hardening(&hardened).await?;
 
     let canned = canned::CannedWebhook::start().await?;

@@ -29,24 +29,14 @@ pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 /// plain files or like a Kubernetes Secret volume (`..data` symlink).
 pub struct Certs {
     pub dir: tempfile::TempDir,
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ca: kube_hardener_testkit::Pki,
     pub ca_der: Vec<u8>,
 }
 
 impl Certs {
     pub fn new() -> Certs {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "kube-hardener test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
-        let ca_der = ca.der().to_vec();
+        let ca = kube_hardener_testkit::Pki::new().unwrap();
+        let ca_der = ca.ca_der().to_vec();
         Certs {
             dir: tempfile::tempdir().unwrap(),
             ca,
@@ -56,18 +46,13 @@ impl Certs {
 
     /// A serving pair for localhost/127.0.0.1 with the given serial.
     pub fn issue(&self, serial: u64) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(vec![
-            "localhost".to_owned(),
-            "kube-hardener.kube-hardener.svc".to_owned(),
-        ])
-        .unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.serial_number = Some(rcgen::SerialNumber::from(serial));
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (cert.pem(), key.serialize_pem())
+        self.ca
+            .serving_for(
+                "kube-hardener",
+                &["localhost", "kube-hardener.kube-hardener.svc", "127.0.0.1"],
+                serial,
+            )
+            .unwrap()
     }
 
     pub fn cert_path(&self) -> PathBuf {
@@ -416,14 +401,16 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
+    kube_hardener_testkit::eventually("the condition", limit, || {
+        let holds = check();
+        async move {
+            if holds.await {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .is_ok()
 }
