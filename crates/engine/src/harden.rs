@@ -303,9 +303,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn set(settings: &[Setting]) -> SettingSet {
-        settings.iter().copied().collect()
-    }
+    use crate::rules::test_support::set;
 
     #[test]
     fn applied_value_is_canonical_order_then_unknown_names() {

@@ -90,14 +90,9 @@ fn walk<'v>(root: &'v Object, path: &[&str]) -> Result<Option<&'v Object>, Engin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
-    fn obj(v: Value) -> Object {
-        match v {
-            Value::Object(m) => m,
-            _ => Object::new(),
-        }
-    }
+    use crate::rules::test_support::object as obj;
 
     #[test]
     fn every_supported_kind_maps_to_its_pod_spec() {

@@ -36,9 +36,7 @@ pub(crate) fn parse_skip(value: &str, field: &str, warnings: &mut Vec<Warning>) 
 mod tests {
     use super::*;
 
-    fn set(settings: &[Setting]) -> SettingSet {
-        settings.iter().copied().collect()
-    }
+    use crate::rules::test_support::set;
 
     #[test]
     fn parses_skip_values() {

@@ -143,12 +143,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn map(v: Value) -> Object {
-        match v {
-            Value::Object(m) => m,
-            _ => Object::new(),
-        }
-    }
+    use crate::rules::test_support::object as map;
 
     #[test]
     fn null_counts_as_absent_for_every_reader() {

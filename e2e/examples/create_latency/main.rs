@@ -25,7 +25,6 @@ use kube_hardener_e2e::{
 };
 use serde_json::Value;
 
-
 const WARM_UP: usize = 50;
 
 #[derive(Debug)]

@@ -238,6 +238,19 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A set of settings, for tests that list them.
+    pub(crate) fn set(settings: &[Setting]) -> SettingSet {
+        settings.iter().copied().collect()
+    }
+
+    /// The map inside a JSON object (empty for anything else).
+    pub(crate) fn object(value: Value) -> crate::shape::Object {
+        match value {
+            Value::Object(map) => map,
+            _ => crate::shape::Object::new(),
+        }
+    }
+
     pub(crate) fn kinds(run: &Run) -> Vec<WarningKind> {
         run.warnings.iter().map(|w| w.0).collect()
     }
