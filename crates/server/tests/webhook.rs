@@ -484,8 +484,17 @@ async fn expiry_metric_follows_the_served_certificate() {
         .find(|line| line.starts_with("kube_hardener_tls_cert_expiry_timestamp_seconds "))
         .unwrap();
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    // rcgen's default validity ends in 4096.
-    assert!(value > 4_000_000_000.0, "{line}");
+    // Exactly the notAfter of the certificate on disk (the test CA's leaves
+    // are valid for a day, so this is also well in the future).
+    let pem = std::fs::read(server.certs.cert_path()).unwrap();
+    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let not_after = der.parse_x509().unwrap().validity().not_after.timestamp();
+    assert_eq!(value, not_after as f64, "{line}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(value > now + 3_600.0, "{line}");
     server.stop().await.unwrap();
 }
 
