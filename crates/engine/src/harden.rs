@@ -59,7 +59,7 @@ fn prepare<'v>(
         None => None,
     };
     let namespace = ctx.namespace.or(own_namespace);
-    if let Some(ns) = namespace.filter(|ns| policy.excluded_namespaces.iter().any(|e| e == ns)) {
+    if let Some(ns) = namespace.filter(|ns| policy.excludes(ns)) {
         return done(Disposition::ExcludedNamespace(ns.to_owned()), Vec::new());
     }
 

@@ -46,6 +46,13 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Whether objects in `namespace` are never touched.
+    pub fn excludes(&self, namespace: &str) -> bool {
+        self.excluded_namespaces
+            .iter()
+            .any(|excluded| excluded == namespace)
+    }
+
     /// Whether the configuration turns `setting` on at all (its switch, or
     /// the value it injects). Opt-outs and the platform come on top.
     pub fn enables(&self, setting: Setting) -> bool {

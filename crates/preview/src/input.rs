@@ -366,37 +366,24 @@ const MAX_PARSE_THREADS: usize = 8;
 ///
 /// A line starting with `---` at column 0 always starts a new document (YAML
 /// forbids it inside any scalar), and anchors do not cross documents, so the
-/// pieces parse to exactly the documents of the whole. `None` whenever that
-/// reasoning might not hold (directives, a first piece with no content) or a
-/// piece fails: the caller then parses serially, which also gives error
-/// messages their line numbers in the whole file.
+/// pieces ([`yaml_pieces`], which also handles directives and a first piece
+/// of only comments) parse to exactly the documents of the whole. `None` for
+/// a text that stays one piece or when a piece fails: the caller then parses
+/// serially, which also gives error messages their line numbers in the whole
+/// file.
 fn parse_yaml_parallel(source: &Source) -> Option<Vec<Document>> {
     let text = source.text.as_str();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_PARSE_THREADS);
-    if threads < 2
-        || text.len() < PARALLEL_MIN_BYTES
-        || text.starts_with('%')
-        || text.contains("\n%")
-    {
+    if threads < 2 || text.len() < PARALLEL_MIN_BYTES {
         return None;
     }
-    let bounds = split_points(text, threads);
-    if bounds.len() < 3 {
+    // Directives make `yaml_pieces` keep the text whole: then one thread.
+    let pieces = yaml_pieces(text, text.len() / threads);
+    if pieces.len() < 2 {
         return None;
     }
-    // A first piece of only comments would count as one (empty) document on
-    // its own but as none in the whole stream.
-    let first = &text[..bounds[1]];
-    let has_content = first.lines().any(|line| {
-        let line = line.trim();
-        !line.is_empty() && !line.starts_with('#')
-    });
-    if !has_content {
-        return None;
-    }
-    let pieces: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
     let results: Vec<Option<(Vec<Document>, usize)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = pieces
             .iter()
@@ -418,31 +405,6 @@ fn parse_yaml_parallel(source: &Source) -> Option<Vec<Document>> {
         offset += count;
     }
     Some(documents)
-}
-
-/// Byte offsets `0 = b0 < b1 < … < len` cutting `text` into about `pieces`
-/// parts of similar size, each cut at the start of a `---` line.
-fn split_points(text: &str, pieces: usize) -> Vec<usize> {
-    let is_marker = |at: usize| {
-        let rest = &text.as_bytes()[at..];
-        rest.starts_with(b"---") && matches!(rest.get(3), None | Some(b'\n' | b'\r' | b' ' | b'\t'))
-    };
-    let mut bounds = vec![0];
-    for k in 1..pieces {
-        let target = text.len() * k / pieces;
-        let from = target.max(bounds.last().copied().unwrap_or(0) + 1);
-        let Some(tail) = text.get(from..) else { break };
-        let cut = tail
-            .match_indices("\n---")
-            .map(|(i, _)| from + i + 1)
-            .find(|&at| is_marker(at));
-        match cut {
-            Some(at) => bounds.push(at),
-            None => break,
-        }
-    }
-    bounds.push(text.len());
-    bounds
 }
 
 fn yaml_to_json(yaml: serde_norway::Value) -> Result<Value, String> {
@@ -635,15 +597,15 @@ mod tests {
     }
 
     #[test]
-    fn split_points_cut_only_at_markers() {
+    fn pieces_are_cut_only_at_markers() {
         let text = "a: 1\n---\nb: 2\n--- x\nc: 3\n----\nd: 4\n---\n";
-        let bounds = split_points(text, 4);
-        assert_eq!(bounds.first(), Some(&0));
-        assert_eq!(bounds.last(), Some(&text.len()));
-        for &b in &bounds[1..bounds.len() - 1] {
+        let pieces = yaml_pieces(text, 1);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.len() > 2, "{pieces:?}");
+        for piece in &pieces[1..] {
             assert!(
-                text[b..].starts_with("---") && !text[b..].starts_with("----"),
-                "cut at {b}"
+                piece.starts_with("---") && !piece.starts_with("----"),
+                "cut before {piece:?}"
             );
         }
     }

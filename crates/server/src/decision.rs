@@ -135,7 +135,7 @@ impl State {
         if let Target::Ignore(reason) = target {
             return Err(Decision::unchanged(ReviewOutcome::Ignored, reason));
         }
-        if self.is_excluded(&review.namespace) {
+        if self.policy.excludes(&review.namespace) {
             return Err(Decision::skipped(
                 ReviewOutcome::Excluded,
                 "excluded namespace",

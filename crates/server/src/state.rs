@@ -25,12 +25,3 @@ pub(crate) struct State {
     /// so that one huge pod cannot hold up the small ones queued behind it.
     pub heavy_reviews: tokio::sync::Semaphore,
 }
-
-impl State {
-    pub(crate) fn is_excluded(&self, namespace: &str) -> bool {
-        self.policy
-            .excluded_namespaces
-            .iter()
-            .any(|excluded| excluded == namespace)
-    }
-}
