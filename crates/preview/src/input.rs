@@ -360,7 +360,6 @@ fn has_content(text: &str) -> bool {
 
 /// Below this size one thread parses faster than several start.
 const PARALLEL_MIN_BYTES: usize = 1024 * 1024;
-const MAX_PARSE_THREADS: usize = 8;
 
 /// Parses a large stream on several threads, split at `---` lines.
 ///
@@ -373,9 +372,7 @@ const MAX_PARSE_THREADS: usize = 8;
 /// file.
 fn parse_yaml_parallel(source: &Source) -> Option<Vec<Document>> {
     let text = source.text.as_str();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_PARSE_THREADS);
+    let threads = crate::threads::threads();
     if threads < 2 || text.len() < PARALLEL_MIN_BYTES {
         return None;
     }
@@ -384,16 +381,8 @@ fn parse_yaml_parallel(source: &Source) -> Option<Vec<Document>> {
     if pieces.len() < 2 {
         return None;
     }
-    let results: Vec<Option<(Vec<Document>, usize)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = pieces
-            .iter()
-            .map(|piece| scope.spawn(|| parse_yaml_text(piece, &source.name).ok()))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().ok().flatten())
-            .collect()
-    });
+    let results =
+        crate::threads::parallel(&pieces, |piece| parse_yaml_text(piece, &source.name).ok());
     let mut documents = Vec::new();
     let mut offset = 0;
     for result in results {

@@ -10,6 +10,7 @@ mod input;
 mod process;
 mod render;
 mod stream;
+mod threads;
 mod yaml;
 
 use std::collections::BTreeMap;

@@ -23,11 +23,10 @@ use crate::PreviewError;
 use crate::input::{self, Document, PIECE_BYTES, Source};
 use crate::process::{Namespaces, Options, collect_namespaces, evaluate_with};
 use crate::render::{Format, Output, Part, render_part};
+use crate::threads::{parallel, parallel_owned, threads};
 
 /// Documents of a JSON stream hardened and rendered at once.
 const JSON_BATCH: usize = 512;
-/// Upper bound on parse threads, whatever the machine.
-const MAX_THREADS: usize = 8;
 
 /// What every piece needs, shared by the threads.
 #[derive(Debug, Clone, Copy)]
@@ -125,12 +124,6 @@ fn renumber(documents: &mut [Document], offset: usize) {
     }
 }
 
-fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(MAX_THREADS)
-}
-
 /// A window of pieces at a time: parse them all (in parallel), number their
 /// documents, then harden and render them all (in parallel), and append the
 /// parts in order. At most one window of parsed documents exists at a time.
@@ -151,33 +144,6 @@ fn render_yaml(source: &Source, job: Job<'_>, output: &mut Output) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// Runs `work` over `items` on scoped threads (inline for a single item),
-/// results in the order of `items`.
-fn parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    parallel_owned(items.iter().collect(), work)
-}
-
-/// [`parallel`] for items that move into their thread.
-fn parallel_owned<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
-    if items.len() < 2 {
-        return items.into_iter().map(&work).collect();
-    }
-    std::thread::scope(|scope| {
-        let work = &work;
-        let handles: Vec<_> = items
-            .into_iter()
-            .map(|item| scope.spawn(move || work(item)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| match handle.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    })
 }
 
 /// Calls `each` with consecutive batches of a JSON stream's documents.
