@@ -90,5 +90,7 @@ fetch_cert_manager_crds() {
 fetch_cert_manager_crds
 
 "$CONTROLPLANE_DIR/kube-apiserver" --version >&2
-"$CONTROLPLANE_DIR/etcd" --version | head -n1 >&2
+# sed reads all of the output: head would close the pipe early, and under pipefail
+# etcd dying of SIGPIPE would fail the build.
+"$CONTROLPLANE_DIR/etcd" --version | sed -n 1p >&2
 echo "$CONTROLPLANE_DIR"
