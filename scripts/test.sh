@@ -3,7 +3,11 @@
 #   1. cargo fmt --check and clippy (warnings are errors) over the workspace;
 #   2. the fast suites (`cargo test`: unit, golden, property and CLI tests);
 #   3. the end-to-end suite against a real kube-apiserver + etcd started on
-#      loopback (built from pinned Go modules on first use, then cached).
+#      loopback (built from pinned Go modules on first use, then cached);
+#   4. the node suite: the same control plane plus a real node on this machine
+#      (kubelet + containerd + runc, kube-controller-manager, kube-scheduler),
+#      where hardened pods are started. Needs root and Debian's containerd, runc,
+#      containernetworking-plugins and busybox-static (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,8 +21,8 @@ trap 'rm -f "$results"' EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "cargo test (fast suites)"
 cargo test 2>&1 | tee -a "$results"
@@ -28,11 +32,14 @@ cargo build -p kube-hardener
 # The suite runs exactly this binary (and builds nothing itself).
 export KUBE_HARDENER_BIN="$PWD/target/debug/kube-hardener"
 
-step "control plane: kube-apiserver, kubectl, etcd (cached after the first build)"
-e2e/controlplane/build.sh >/dev/null
+step "control plane: kube-apiserver, kubectl, etcd, kubelet, kube-scheduler, kube-controller-manager (cached after the first build)"
+e2e/controlplane/build.sh --node >/dev/null
 
 step "end-to-end suite (cargo test -p kube-hardener-e2e) against the local control plane"
 e2e/controlplane/up.sh -- cargo test -p kube-hardener-e2e 2>&1 | tee -a "$results"
+
+step "node suite (cargo test -p kube-hardener-e2e --features node --test node) on the local cluster with a node"
+e2e/controlplane/up.sh --node -- cargo test -p kube-hardener-e2e --features node --test node 2>&1 | tee -a "$results"
 
 step "all suites passed"
 # One closing line over every suite: "summary: N passed, N failed".

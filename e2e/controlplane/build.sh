@@ -3,6 +3,7 @@
 # a cache directory keyed by version, skipping binaries that are already there.
 #
 #   e2e/controlplane/build.sh            # prints the cache directory on stdout when done
+#   e2e/controlplane/build.sh --node     # also kubelet, kube-scheduler, kube-controller-manager
 #
 # KUBE_HARDENER_CACHE overrides the cache root (default ~/.cache/kube-hardener).
 # GOTOOLCHAIN is passed through to go, so a newer toolchain can be requested if a
@@ -57,6 +58,13 @@ build() {
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
+# The node suite's binaries: a separate module, because the kubelet pulls in
+# dependencies (cri-api, cadvisor, ...) the API server does not need.
+if [[ "${1:-}" == "--node" ]]; then
+    build kubelet "$here/node" k8s.io/kubernetes/cmd/kubelet "$kube_ldflags"
+    build kube-scheduler "$here/node" k8s.io/kubernetes/cmd/kube-scheduler "$kube_ldflags"
+    build kube-controller-manager "$here/node" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
+fi
 
 # cert-manager's CRDs for the pinned release: only the two kinds deploy/ uses.
 # The directory appears whole or not at all, so its existence (what up.sh

@@ -6,6 +6,11 @@
 #   e2e/controlplane/up.sh                 # foreground: prints `export KUBECONFIG=...`, Ctrl-C stops
 #   e2e/controlplane/up.sh -- CMD ARGS...  # runs CMD with KUBECONFIG set, then tears down;
 #                                          # exits with CMD's status
+#   e2e/controlplane/up.sh --node [-- CMD ARGS...]
+#                                          # the same, plus one real node on this machine:
+#                                          # containerd + runc + kubelet, with the
+#                                          # kube-controller-manager and kube-scheduler
+#                                          # (node.sh; needs root; exports KUBE_HARDENER_E2E_NODE)
 #
 # Binaries come from build.sh's cache (built first when missing). Environment:
 #   KUBE_HARDENER_CACHE        cache root (see build.sh)
@@ -20,17 +25,26 @@ log() { printf '[controlplane/up] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 mode=foreground
-if [[ $# -gt 0 ]]; then
-    [[ "$1" == "--" ]] || die "usage: $0 [-- COMMAND ARGS...]"
+with_node=0
+if [[ "${1:-}" == "--node" ]]; then
+    with_node=1
     shift
-    [[ $# -gt 0 ]] || die "usage: $0 [-- COMMAND ARGS...]: no command after --"
+fi
+if [[ $# -gt 0 ]]; then
+    [[ "$1" == "--" ]] || die "usage: $0 [--node] [-- COMMAND ARGS...]"
+    shift
+    [[ $# -gt 0 ]] || die "usage: $0 [--node] [-- COMMAND ARGS...]: no command after --"
     mode=wrap
 fi
+# shellcheck source=node.sh
+source "$here/node.sh"
 
 command -v openssl >/dev/null 2>&1 || die "openssl is required to generate the control plane's certificates"
-if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" || ! -d "$CERT_MANAGER_CRDS_DIR" ]]; then
-    "$here/build.sh" >/dev/null
+if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" || ! -d "$CERT_MANAGER_CRDS_DIR" ]] ||
+    { ((with_node)) && [[ ! -x "$CONTROLPLANE_DIR/kubelet" || ! -x "$CONTROLPLANE_DIR/kube-scheduler" || ! -x "$CONTROLPLANE_DIR/kube-controller-manager" ]]; }; then
+    if ((with_node)); then "$here/build.sh" --node >/dev/null; else "$here/build.sh" >/dev/null; fi
 fi
+((with_node)) && node_preflight
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/kube-hardener-controlplane.XXXXXX")"
 pids=()
@@ -38,6 +52,9 @@ pids=()
 teardown() {
     local status=$?
     trap - EXIT INT TERM
+    # Clean up as much as possible, whatever fails along the way.
+    set +e
+    ((with_node)) && node_teardown
     # The API server first, then its etcd. The state is thrown away, so a
     # process still draining after 3 s is killed rather than waited for.
     local i pid
@@ -51,7 +68,12 @@ teardown() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    if [[ "${KUBE_HARDENER_KEEP_STATE:-0}" == 1 ]]; then
+    if [[ -n "$(mounts_under "$state")" ]]; then
+        # Deleting through a mount would delete what it shows; leave it to a human.
+        log "error: mounts remain under $state, not deleting it:"
+        mounts_under "$state" >&2
+        ((status)) || status=1
+    elif [[ "${KUBE_HARDENER_KEEP_STATE:-0}" == 1 ]]; then
         log "state kept in $state"
     else
         rm -rf "$state"
@@ -113,6 +135,7 @@ mkdir -p "$pki"
     # Service-account token signing key.
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
     openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+    if ((with_node)); then node_certs; fi
 ) || die "generating certificates with openssl failed"
 
 # The API server presents webhook-client.crt to every webhook it calls ("*").
@@ -161,6 +184,8 @@ pids+=($!)
 
 # --- kube-apiserver -------------------------------------------------------------
 api_port="$(free_port)"
+node_flags=()
+if ((with_node)); then mapfile -t node_flags < <(node_apiserver_flags); fi
 log "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${api_port}"
 # Webhook calls go to loopback: a proxy inherited from the environment must not
 # intercept them.
@@ -179,10 +204,11 @@ env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy NO_PROXY='*' \
     --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/24 \
-    --authorization-mode=RBAC \
+    --authorization-mode=Node,RBAC \
     --allow-privileged=true \
     --disable-admission-plugins=DefaultStorageClass,StorageObjectInUseProtection,PersistentVolumeClaimResize \
     --admission-control-config-file="$pki/admission.yaml" \
+    "${node_flags[@]}" \
     --v=1 \
     >"$state/kube-apiserver.log" 2>&1 &
 pids+=($!)
@@ -229,6 +255,11 @@ until curl --silent --fail --max-time 2 --noproxy '*' \
     sleep 0.5
 done
 log "control plane ready in ${SECONDS}s (state: $state)"
+if ((with_node)); then
+    node_up
+    log "cluster with node ready in ${SECONDS}s"
+    export KUBE_HARDENER_E2E_NODE="$NODE_NAME"
+fi
 
 export KUBECONFIG="$kubeconfig"
 export PATH="$CONTROLPLANE_DIR:$PATH"
