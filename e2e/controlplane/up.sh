@@ -280,6 +280,10 @@ if [[ $mode == wrap ]]; then
     exit "$status"
 fi
 
+if ((with_node)); then
+    printf 'Node %s is Ready (kubelet %s, %s); logs in %s.\n' "$NODE_NAME" "$KUBE_VERSION" \
+        "$(containerd --version | awk '{print "containerd " $3}')" "$state"
+fi
 cat <<MSG
 Control plane is up. In another shell:
 
@@ -289,7 +293,7 @@ Control plane is up. In another shell:
 
 Press Ctrl-C to stop it.
 MSG
-# Exit (and tear down) as soon as either process dies.
-wait -n "${pids[@]}"
+# Exit (and tear down) as soon as any process dies.
+wait -n "${pids[@]}" "${node_pids[@]}"
 show_log_tail "$state/kube-apiserver.log"
 die "a control-plane process exited"

@@ -11,6 +11,7 @@
 
 pub mod node;
 mod server;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -150,6 +150,7 @@ fn run_rules<'v>(
     object: &'v Value,
     prepared: &mut Prepared<'v>,
     policy: &Policy,
+    images: Option<&crate::ImageFacts>,
     apply: impl FnOnce(&RuleInput<'_, 'v>, &mut Edits<'v>),
 ) -> Result<Edits<'v>, EngineError> {
     let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
@@ -161,6 +162,7 @@ fn run_rules<'v>(
         spec: prepared.layout.spec_tokens(),
         writable_paths: writable_paths(prepared, policy, &mut warnings),
         legacy_seccomp: std::mem::take(&mut prepared.legacy_seccomp),
+        images,
     };
     let mut edits = Edits::new(object);
     edits.warnings = warnings;
@@ -178,7 +180,7 @@ pub(crate) fn harden(
         Start::Done(outcome) => return Ok(outcome),
         Start::Run(prepared) => prepared,
     };
-    let mut edits = run_rules(object, &mut prepared, policy, rules::harden_pod)?;
+    let mut edits = run_rules(object, &mut prepared, policy, ctx.images, rules::harden_pod)?;
     if !edits.applied.is_empty() {
         annotate_applied(&prepared, &mut edits);
     }
@@ -259,15 +261,21 @@ pub(crate) fn harden_new_ephemeral_containers(
         Start::Run(prepared) => prepared,
     };
     let old_names = old_ephemeral_names(old_pod)?;
-    let edits = run_rules(new_pod, &mut prepared, policy, |rules, edits| {
-        rules::harden_new_ephemeral(rules, edits, |c| {
-            c.list == ListKind::EphemeralContainers
-                && match c.name {
-                    Some(name) => !old_names.names.contains(&name),
-                    None => c.index >= old_names.count,
-                }
-        });
-    })?;
+    let edits = run_rules(
+        new_pod,
+        &mut prepared,
+        policy,
+        ctx.images,
+        |rules, edits| {
+            rules::harden_new_ephemeral(rules, edits, |c| {
+                c.list == ListKind::EphemeralContainers
+                    && match c.name {
+                        Some(name) => !old_names.names.contains(&name),
+                        None => c.index >= old_names.count,
+                    }
+            });
+        },
+    )?;
     Ok(finish(edits))
 }
 

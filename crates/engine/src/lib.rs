@@ -10,6 +10,7 @@
 // pod spec (`layout`), the checked view of a pod spec the rules read
 // (`view`), one module per rule under `rules/`, and the patch they build.
 mod harden;
+mod image;
 mod layout;
 mod opt_out;
 mod outcome;
@@ -21,6 +22,7 @@ mod shape;
 mod view;
 mod writable;
 
+pub use image::{ImageFacts, ImagePolicy, ImageUser, RootImages, UnknownImages};
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
 pub use policy::Policy;
 pub use setting::{FLAG_KEYS, Row, Setting, SettingSwitches, Switch, TABLE, UnknownSetting};
@@ -44,6 +46,9 @@ pub struct Context<'a> {
     pub namespace: Option<&'a str>,
     /// Annotations of that namespace (empty when it has none or is unknown).
     pub namespace_annotations: Option<&'a BTreeMap<String, String>>,
+    /// What the pod's images run as, when the caller resolved them; `None`
+    /// means image awareness is off and `runAsNonRoot` is decided as without it.
+    pub images: Option<&'a ImageFacts>,
 }
 
 /// The object could not be processed at all; nothing is changed.

@@ -108,6 +108,9 @@ pub enum WarningKind {
     NotInjected,
     /// A malformed or unknown opt-out / writable-paths annotation value.
     Annotation,
+    /// What the container's image runs as changed the `runAsNonRoot`
+    /// decision (skipped, a `runAsUser` added, or the user was unknown).
+    Image,
 }
 
 impl WarningKind {
@@ -122,6 +125,7 @@ impl WarningKind {
             WarningKind::HostPath => "host_path",
             WarningKind::HostNamespace => "host_namespace",
             WarningKind::ExplicitInsecure => "explicit_insecure",
+            WarningKind::Image => "image",
             WarningKind::NotInjected => "not_injected",
             WarningKind::Annotation => "annotation",
         }

@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use crate::image::ImagePolicy;
 use crate::setting::{Setting, SettingSwitches, Switch};
 
 /// The hardening policy: the `[hardening]` table of the configuration.
@@ -24,6 +25,10 @@ pub struct Policy {
     pub allow_pod_opt_out: bool,
     /// Also mutate the pod templates of workload objects (off: GitOps drift).
     pub mutate_workloads: bool,
+    /// What to do with images that run as root or whose user is unknown; the
+    /// configuration's `[images]` table, used only when image facts are given.
+    #[serde(skip)]
+    pub images: ImagePolicy,
 }
 
 impl Default for Policy {
@@ -41,6 +46,7 @@ impl Default for Policy {
             ],
             allow_pod_opt_out: false,
             mutate_workloads: false,
+            images: ImagePolicy::default(),
         }
     }
 }

@@ -122,6 +122,8 @@ pub(crate) struct ContainerView<'v> {
     pub list: ListKind,
     pub index: usize,
     pub name: Option<&'v str>,
+    /// The container's `image`, as spelled in the spec.
+    pub image: Option<&'v str>,
     spec_field: &'static str,
     pub security_context: SecurityContext<'v>,
     pub mount_paths: Vec<&'v str>,
@@ -255,6 +257,7 @@ fn parse_container<'v>(
     at: &str,
 ) -> Result<ContainerView<'v>, EngineError> {
     let name = shape::string(container, at, "name")?;
+    let image = shape::string(container, at, "image")?;
     let mut mount_paths = Vec::new();
     let mut mount_names = Vec::new();
     for (i, mount) in shape::objects(container, at, "volumeMounts")?
@@ -283,6 +286,7 @@ fn parse_container<'v>(
         list,
         index,
         name,
+        image,
         spec_field,
         security_context: SecurityContext::parse(container, at, false)?,
         mount_paths,

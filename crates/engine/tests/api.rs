@@ -118,6 +118,7 @@ fn excluded_namespaces_come_from_the_context_or_the_object() {
         let ctx = Context {
             namespace,
             namespace_annotations: None,
+            images: None,
         };
         let outcome = harden(&object, &ctx, &policy).unwrap();
         assert_eq!(outcome.disposition, expected);
@@ -135,6 +136,7 @@ fn excluded_namespaces_come_from_the_context_or_the_object() {
     let ctx = Context {
         namespace: Some("apps"),
         namespace_annotations: None,
+        images: None,
     };
     assert_eq!(
         harden(&in_system, &ctx, &policy).unwrap().disposition,
@@ -151,6 +153,7 @@ fn namespace_skip_annotation() {
         let ctx = Context {
             namespace: Some("apps"),
             namespace_annotations: Some(&ns),
+            images: None,
         };
         harden(&object, &ctx, &policy).unwrap()
     };
@@ -212,6 +215,7 @@ fn pod_skip_annotation_only_when_allowed() {
     let ctx = Context {
         namespace: None,
         namespace_annotations: Some(&ns),
+        images: None,
     };
     let both = harden(&object, &ctx, &policy).unwrap();
     assert!(!both.applied.contains(&Setting::Capabilities));
@@ -444,12 +448,14 @@ fn new_ephemeral_containers_only() {
     let ctx = Context {
         namespace: None,
         namespace_annotations: Some(&ns),
+        images: None,
     };
     let skipped = harden_new_ephemeral_containers(&new, &old, &ctx, &Policy::default()).unwrap();
     assert_eq!(skipped.disposition, Disposition::SkippedAll);
     let ctx = Context {
         namespace: Some("kube-system"),
         namespace_annotations: None,
+        images: None,
     };
     let excluded = harden_new_ephemeral_containers(&new, &old, &ctx, &Policy::default()).unwrap();
     assert!(excluded.is_empty());

@@ -62,6 +62,7 @@ fn run(dir: &Path) -> (Value, Outcome, Context<'static>, Policy) {
             Context {
                 namespace: Some(name),
                 namespace_annotations: Some(Box::leak(Box::new(annotations))),
+                images: None,
             }
         }
     };

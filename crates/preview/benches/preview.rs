@@ -135,6 +135,7 @@ fn bench(c: &mut Criterion) {
     let options = Options {
         default_namespace: "default".to_owned(),
         namespace_annotations: Default::default(),
+        images: None,
     };
     let policy = preview_policy(&config);
     group.bench_function("evaluate", |b| {

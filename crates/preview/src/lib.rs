@@ -208,6 +208,7 @@ pub fn preview(
             .iter()
             .cloned()
             .collect::<BTreeMap<_, _>>(),
+        images: None,
     };
     let policy = preview_policy(config);
     let namespaces = stream::namespaces(&sources)?;

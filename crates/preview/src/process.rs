@@ -43,6 +43,9 @@ pub struct Options {
     pub default_namespace: String,
     /// Annotations of every namespace that has no Namespace object in the input.
     pub namespace_annotations: BTreeMap<String, String>,
+    /// What the input's images run as (`--resolve-images`); `None` keeps
+    /// preview offline and decides `runAsNonRoot` without them.
+    pub images: Option<kube_hardener_engine::ImageFacts>,
 }
 
 /// One object (a document, or an item of a List document) and what the
@@ -208,6 +211,7 @@ pub fn evaluate_with(
             let ctx = Context {
                 namespace: Some(&namespace),
                 namespace_annotations: Some(annotations),
+                images: options.images.as_ref(),
             };
             let outcome = harden(value, &ctx, policy).map_err(|source| PreviewError::Engine {
                 location: meta.location.clone(),
@@ -422,6 +426,7 @@ mod tests {
         Options {
             default_namespace: "default".to_owned(),
             namespace_annotations: BTreeMap::new(),
+            images: None,
         }
     }
 

@@ -165,6 +165,7 @@ impl Prepared {
         let ctx = Context {
             namespace: (!review.namespace.is_empty()).then_some(review.namespace.as_str()),
             namespace_annotations: annotations,
+            images: None,
         };
         let computed = match self.target {
             Target::EphemeralContainers => {

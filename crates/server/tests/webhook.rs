@@ -45,6 +45,7 @@ fn engine_patch(
     let ctx = Context {
         namespace: Some(ns),
         namespace_annotations: annotations,
+        images: None,
     };
     let outcome = kube_hardener_engine::harden(object, &ctx, policy).unwrap();
     serde_json::to_value(&outcome.patch).unwrap()
@@ -721,6 +722,7 @@ async fn ephemeral_container_update_hardens_only_the_new_container() {
     let ctx = Context {
         namespace: Some("team-a"),
         namespace_annotations: None,
+        images: None,
     };
     let outcome = kube_hardener_engine::harden_new_ephemeral_containers(
         &review["request"]["object"],

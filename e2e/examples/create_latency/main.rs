@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
+use kube_hardener_e2e::stats::{Summary, ms, summarize};
 use kube_hardener_e2e::{
     GROUP_LABEL, LocalWebhook, NamespaceOptions, PlainAndSkipped, RegisterOptions, Registration,
     ServerOptions, Target, TestNamespace, applied_annotation, client, eventually, plain_pod, pod,
@@ -26,33 +27,6 @@ use kube_hardener_e2e::{
 use serde_json::Value;
 
 const WARM_UP: usize = 50;
-
-#[derive(Debug)]
-struct Summary {
-    median: Duration,
-    p90: Duration,
-    p99: Duration,
-    mean: Duration,
-}
-
-fn summarize(samples: &mut [Duration]) -> Summary {
-    samples.sort_unstable();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-        samples[index]
-    };
-    let total: Duration = samples.iter().sum();
-    Summary {
-        median: at(0.5),
-        p90: at(0.9),
-        p99: at(0.99),
-        mean: total / u32::try_from(samples.len()).unwrap_or(u32::MAX),
-    }
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.3}", duration.as_secs_f64() * 1000.0)
-}
 
 async fn timed_create(api: &Api<Pod>, name: &str, expect_hardened: bool) -> Result<Duration> {
     let manifest = pod(plain_pod(name))?;

@@ -38,6 +38,8 @@ pub(crate) struct RuleInput<'a, 'v> {
     pub writable_paths: Vec<&'a str>,
     /// The pod's legacy seccomp annotations: explicit choices at their scope.
     pub legacy_seccomp: LegacySeccomp<'v>,
+    /// What the pod's images run as, when resolved (see `crate::image`).
+    pub images: Option<&'a crate::ImageFacts>,
 }
 
 impl RuleInput<'_, '_> {
@@ -193,6 +195,16 @@ pub(crate) mod test_support {
         skipped: SettingSet,
         ephemeral_new: Option<&[&str]>,
     ) -> Run {
+        run_with_images(spec, policy, skipped, ephemeral_new, None)
+    }
+
+    pub(crate) fn run_with_images(
+        spec: Value,
+        policy: &Policy,
+        skipped: SettingSet,
+        ephemeral_new: Option<&[&str]>,
+        images: Option<&crate::ImageFacts>,
+    ) -> Run {
         let root = json!({ "spec": spec });
         let pod = PodView::parse(root["spec"].as_object().unwrap(), "spec").unwrap();
         let rules = RuleInput {
@@ -202,6 +214,7 @@ pub(crate) mod test_support {
             spec: vec![Token::Key("spec")],
             writable_paths: policy.writable_paths.iter().map(String::as_str).collect(),
             legacy_seccomp: LegacySeccomp::default(),
+            images,
         };
         let mut edits = Edits::new(&root);
         match ephemeral_new {

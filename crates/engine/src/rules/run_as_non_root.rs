@@ -8,15 +8,18 @@
 use serde_json::Value;
 
 use super::{Edits, RuleInput};
+use crate::image::{ImageDecision, decide};
 use crate::view::ContainerView;
 use crate::{Setting, WarningKind};
 
 /// Why a container cannot get `runAsNonRoot: true`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Conflict {
     ExplicitFalse,
     RootUid,
     WindowsAdministrator,
+    /// Its image runs as root (or as an unknown user) and the policy says skip.
+    Image(String),
 }
 
 /// The user the Windows kubelet treats as root (compared case-insensitively,
@@ -32,7 +35,11 @@ struct PodUser<'v> {
     user_name: Option<&'v str>,
 }
 
-fn conflict(container: &ContainerView<'_>, pod: PodUser<'_>) -> Option<Conflict> {
+fn conflict(
+    container: &ContainerView<'_>,
+    pod: PodUser<'_>,
+    image: &ImageDecision,
+) -> Option<Conflict> {
     let user_name = container
         .security_context
         .run_as_user_name
@@ -43,8 +50,66 @@ fn conflict(container: &ContainerView<'_>, pod: PodUser<'_>) -> Option<Conflict>
         Some(Conflict::RootUid)
     } else if user_name.is_some_and(|name| name.trim().eq_ignore_ascii_case(WINDOWS_ROOT_USER)) {
         Some(Conflict::WindowsAdministrator)
+    } else if let ImageDecision::Skip(why) = image {
+        Some(Conflict::Image(why.clone()))
     } else {
         None
+    }
+}
+
+/// What the container's image means for it. Only a container whose user is
+/// decided by its image asks: no `runAsUser` of its own or from the pod, no
+/// `runAsNonRoot` of its own, not on Windows.
+fn image_decision(
+    rules: &RuleInput<'_, '_>,
+    container: &ContainerView<'_>,
+    pod: PodUser<'_>,
+) -> ImageDecision {
+    let context = &container.security_context;
+    if rules.pod.windows
+        || context.run_as_user.or(pod.uid).is_some()
+        || context.run_as_non_root.is_some()
+    {
+        return ImageDecision::Inject;
+    }
+    match decide(container.image, rules.images, &rules.policy.images) {
+        // A namespace that opts out of runAsUser gets no UID from the image
+        // either; without one the kubelet would refuse the container.
+        ImageDecision::WithUser { why, .. } if rules.skipped.contains(Setting::RunAsUser) => {
+            ImageDecision::Skip(format!("not set: {why}, but the namespace skips runAsUser"))
+        }
+        decision => decision,
+    }
+}
+
+/// Carries out the parts of an image decision that do not depend on where
+/// `runAsNonRoot` goes: the container's `runAsUser`, and the warning.
+fn apply_image_decision<'v>(
+    rules: &RuleInput<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+    decision: &ImageDecision,
+) {
+    match decision {
+        ImageDecision::Inject | ImageDecision::Skip(_) => {}
+        ImageDecision::InjectUnknown(why) => edits.warn(
+            WarningKind::Image,
+            format!("{}.securityContext.runAsNonRoot", container.field()),
+            why.clone(),
+        ),
+        ImageDecision::WithUser { uid, why } => {
+            edits.inject(
+                Setting::RunAsUser,
+                &container.security_context_tokens(&rules.spec),
+                "runAsUser",
+                Value::from(*uid),
+            );
+            edits.warn(
+                WarningKind::Image,
+                format!("{}.securityContext.runAsUser", container.field()),
+                format!("set to {uid}: {why}"),
+            );
+        }
     }
 }
 
@@ -65,22 +130,49 @@ fn warn_conflict(edits: &mut Edits<'_>, container: &ContainerView<'_>, conflict:
             format!("{}.securityContext.runAsNonRoot", container.field()),
             "not set: the container runs as ContainerAdministrator",
         ),
+        Conflict::Image(why) => edits.warn(
+            WarningKind::Image,
+            format!("{}.securityContext.runAsNonRoot", container.field()),
+            why,
+        ),
     }
 }
 
 /// A container under an explicit pod-level `runAsNonRoot: true`: nothing to
 /// inject, but a root user there means the kubelet will not start it (for
 /// instance a container another webhook added after this one ran).
-fn under_pod_level_true(edits: &mut Edits<'_>, container: &ContainerView<'_>, pod: PodUser<'_>) {
-    let (key, what) = match conflict(container, pod) {
-        None => return,
+fn under_pod_level_true<'v>(
+    rules: &RuleInput<'_, 'v>,
+    edits: &mut Edits<'v>,
+    container: &ContainerView<'v>,
+    pod: PodUser<'_>,
+) {
+    let image = image_decision(rules, container, pod);
+    let (key, what) = match conflict(container, pod, &image) {
+        None => {
+            // A named user or a root image under run-as-user gets its UID,
+            // so the kubelet can check it.
+            if matches!(image, ImageDecision::WithUser { .. }) {
+                apply_image_decision(rules, edits, container, &image);
+            }
+            return;
+        }
         Some(Conflict::ExplicitFalse) => {
             warn_conflict(edits, container, Conflict::ExplicitFalse);
             return;
         }
-        Some(Conflict::RootUid) => ("runAsUser", "UID 0"),
-        Some(Conflict::WindowsAdministrator) => {
-            ("windowsOptions.runAsUserName", "ContainerAdministrator")
+        Some(Conflict::RootUid) => ("runAsUser", "UID 0".to_owned()),
+        Some(Conflict::WindowsAdministrator) => (
+            "windowsOptions.runAsUserName",
+            "ContainerAdministrator".to_owned(),
+        ),
+        Some(Conflict::Image(why)) => {
+            edits.warn(
+                WarningKind::Image,
+                format!("{}.securityContext.runAsNonRoot", container.field()),
+                format!("{why}; the pod sets runAsNonRoot: true, so the kubelet will not start it"),
+            );
+            return;
         }
     };
     edits.warn(
@@ -119,12 +211,23 @@ pub(super) fn pod<'v>(rules: &RuleInput<'_, 'v>, edits: &mut Edits<'v>, injected
     if !pod_level_open(rules, edits) {
         if rules.pod.security_context.run_as_non_root == Some(true) {
             for c in containers {
-                under_pod_level_true(edits, c, pod_user);
+                under_pod_level_true(rules, edits, c, pod_user);
             }
         }
         return;
     }
-    if containers.iter().all(|c| conflict(c, pod_user).is_none()) {
+    let decisions: Vec<ImageDecision> = containers
+        .iter()
+        .map(|c| image_decision(rules, c, pod_user))
+        .collect();
+    let all_clear = containers
+        .iter()
+        .zip(&decisions)
+        .all(|(c, d)| conflict(c, pod_user, d).is_none());
+    if all_clear {
+        for (container, decision) in containers.iter().zip(&decisions) {
+            apply_image_decision(rules, edits, container, decision);
+        }
         edits.inject(
             Setting::RunAsNonRoot,
             &rules.pod_security_context(),
@@ -133,8 +236,8 @@ pub(super) fn pod<'v>(rules: &RuleInput<'_, 'v>, edits: &mut Edits<'v>, injected
         );
         return;
     }
-    for container in containers {
-        per_container(rules, edits, container, pod_user);
+    for (container, decision) in containers.iter().zip(&decisions) {
+        per_container(rules, edits, container, pod_user, decision);
     }
 }
 
@@ -143,15 +246,19 @@ fn per_container<'v>(
     edits: &mut Edits<'v>,
     container: &ContainerView<'v>,
     pod_user: PodUser<'_>,
+    decision: &ImageDecision,
 ) {
-    match conflict(container, pod_user) {
+    match conflict(container, pod_user, decision) {
         Some(conflict) => warn_conflict(edits, container, conflict),
-        None if container.security_context.run_as_non_root.is_none() => edits.inject(
-            Setting::RunAsNonRoot,
-            &container.security_context_tokens(&rules.spec),
-            "runAsNonRoot",
-            Value::Bool(true),
-        ),
+        None if container.security_context.run_as_non_root.is_none() => {
+            apply_image_decision(rules, edits, container, decision);
+            edits.inject(
+                Setting::RunAsNonRoot,
+                &container.security_context_tokens(&rules.spec),
+                "runAsNonRoot",
+                Value::Bool(true),
+            );
+        }
         None => {}
     }
 }
@@ -170,9 +277,12 @@ pub(super) fn new_container<'v>(
         user_name: rules.pod.security_context.run_as_user_name,
     };
     match rules.pod.security_context.run_as_non_root {
-        Some(true) => under_pod_level_true(edits, container, pod_user),
+        Some(true) => under_pod_level_true(rules, edits, container, pod_user),
         Some(false) => {}
-        None => per_container(rules, edits, container, pod_user),
+        None => {
+            let decision = image_decision(rules, container, pod_user);
+            per_container(rules, edits, container, pod_user, &decision);
+        }
     }
 }
 
@@ -497,5 +607,222 @@ mod tests {
             );
             assert_eq!(run.output["containers"][0], json!({"name": "a"}));
         }
+    }
+
+    /// Image facts for the table below.
+    fn facts() -> crate::ImageFacts {
+        use crate::ImageUser;
+        [
+            ("num", ImageUser::Uid(1000)),
+            (
+                "named",
+                ImageUser::Named {
+                    name: "app".into(),
+                    uid: 10001,
+                },
+            ),
+            (
+                "root",
+                ImageUser::Root {
+                    why: "USER unset".into(),
+                },
+            ),
+            (
+                "gone",
+                ImageUser::Unknown {
+                    why: "registry unreachable".into(),
+                },
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn images_run(spec: Value, images: crate::ImagePolicy) -> Run {
+        let policy = Policy {
+            images,
+            ..only(Setting::RunAsNonRoot)
+        };
+        run_with_images(spec, &policy, SettingSet::default(), None, Some(&facts()))
+    }
+
+    #[test]
+    fn image_facts_decide_per_container() {
+        use crate::{ImagePolicy, RootImages, UnknownImages};
+        let d = ImagePolicy::default();
+        let run_as = ImagePolicy {
+            root: RootImages::RunAsUser,
+            run_as_user: 4242,
+            ..d
+        };
+        let skip_unknown = ImagePolicy {
+            unknown: UnknownImages::Skip,
+            ..d
+        };
+        // (images of the containers, policy, expected pod-level runAsNonRoot,
+        //  expected per-container (runAsNonRoot, runAsUser), warning count)
+        type Case = (
+            &'static [&'static str],
+            ImagePolicy,
+            Value,
+            Vec<(Value, Value)>,
+            usize,
+        );
+        let cases: [Case; 7] = [
+            (
+                &["num"],
+                d,
+                json!(true),
+                vec![(Value::Null, Value::Null)],
+                0,
+            ),
+            (
+                &["named"],
+                d,
+                json!(true),
+                vec![(Value::Null, json!(10001))],
+                1,
+            ),
+            (
+                &["root"],
+                d,
+                Value::Null,
+                vec![(Value::Null, Value::Null)],
+                1,
+            ),
+            (
+                &["root"],
+                run_as,
+                json!(true),
+                vec![(Value::Null, json!(4242))],
+                1,
+            ),
+            (
+                &["gone"],
+                d,
+                json!(true),
+                vec![(Value::Null, Value::Null)],
+                1,
+            ),
+            (
+                &["gone"],
+                skip_unknown,
+                Value::Null,
+                vec![(Value::Null, Value::Null)],
+                1,
+            ),
+            // One root image: the others get it per container.
+            (
+                &["num", "root", "named"],
+                d,
+                Value::Null,
+                vec![
+                    (json!(true), Value::Null),
+                    (Value::Null, Value::Null),
+                    (json!(true), json!(10001)),
+                ],
+                2,
+            ),
+        ];
+        for (images, policy, pod_level, per_container, warnings) in cases {
+            let containers: Vec<Value> = images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+                .collect();
+            let run = images_run(json!({"containers": containers}), policy);
+            let what = format!("{images:?} {policy:?}: {:#}", run.output);
+            assert_eq!(
+                run.output["securityContext"]["runAsNonRoot"], pod_level,
+                "{what}"
+            );
+            for (i, (rnr_value, uid)) in per_container.iter().enumerate() {
+                let context = &run.output["containers"][i]["securityContext"];
+                assert_eq!(&context["runAsNonRoot"], rnr_value, "{what}");
+                assert_eq!(&context["runAsUser"], uid, "{what}");
+            }
+            assert_eq!(run.warnings.len(), warnings, "{what} {:?}", run.warnings);
+            assert!(
+                run.warnings.iter().all(|w| w.0 == WarningKind::Image),
+                "{:?}",
+                run.warnings
+            );
+            let injected_uid = per_container.iter().any(|(_, uid)| !uid.is_null());
+            assert_eq!(
+                run.applied.contains(&Setting::RunAsUser),
+                injected_uid,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_facts_never_override_a_user_the_pod_chose() {
+        let specs = [
+            json!({"containers": [{"name": "a", "image": "root", "securityContext": {"runAsUser": 1000}}]}),
+            json!({"securityContext": {"runAsUser": 1000}, "containers": [{"name": "a", "image": "named"}]}),
+        ];
+        for spec in specs {
+            let run = images_run(spec.clone(), crate::ImagePolicy::default());
+            assert_eq!(
+                run.output["securityContext"]["runAsNonRoot"],
+                json!(true),
+                "{spec}"
+            );
+            assert!(run.warnings.is_empty(), "{:?}", run.warnings);
+            assert!(!run.applied.contains(&Setting::RunAsUser));
+        }
+        // An explicit runAsNonRoot: true on the container is the owner's call.
+        let run = images_run(
+            json!({"containers": [{"name": "a", "image": "root", "securityContext": {"runAsNonRoot": true}}]}),
+            crate::ImagePolicy::default(),
+        );
+        assert_eq!(
+            run.output["containers"][0]["securityContext"],
+            json!({"runAsNonRoot": true})
+        );
+    }
+
+    #[test]
+    fn a_named_image_under_an_explicit_pod_level_true_gets_its_uid() {
+        let run = images_run(
+            json!({"securityContext": {"runAsNonRoot": true},
+                   "containers": [{"name": "a", "image": "named"}, {"name": "b", "image": "root"}]}),
+            crate::ImagePolicy::default(),
+        );
+        assert_eq!(
+            run.output["containers"][0]["securityContext"]["runAsUser"],
+            json!(10001)
+        );
+        assert_eq!(run.output["containers"][1].get("securityContext"), None);
+        assert!(
+            run.warnings
+                .iter()
+                .any(|w| w.2.contains("kubelet will not start it")),
+            "{:?}",
+            run.warnings
+        );
+    }
+
+    #[test]
+    fn a_namespace_skipping_run_as_user_turns_a_named_image_into_a_skip() {
+        let policy = Policy {
+            ..only(Setting::RunAsNonRoot)
+        };
+        let run = run_with_images(
+            json!({"containers": [{"name": "a", "image": "named"}]}),
+            &policy,
+            set(&[Setting::RunAsUser]),
+            None,
+            Some(&facts()),
+        );
+        assert_eq!(run.output["securityContext"]["runAsNonRoot"], Value::Null);
+        assert_eq!(run.output["containers"][0].get("securityContext"), None);
+        assert!(
+            run.warnings[0].2.contains("skips runAsUser"),
+            "{:?}",
+            run.warnings
+        );
     }
 }
