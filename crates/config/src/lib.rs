@@ -1,4 +1,5 @@
-//! The configuration file: `[hardening]` (the engine's [`Policy`]) and `[server]`.
+//! The configuration file: `[hardening]` (the engine's [`Policy`]), `[server]`
+//! and `[images]`.
 //!
 //! Layers, later wins: the embedded `config/default.toml`, then a file
 //! (`--config` or `KUBE_HARDENER_CONFIG`), then `KUBE_HARDENER_*` variables
@@ -11,7 +12,7 @@ mod validate;
 
 use std::path::PathBuf;
 
-pub use kube_hardener_engine::Policy;
+pub use kube_hardener_engine::{ImagePolicy, Policy, RootImages, UnknownImages};
 pub use load::{ConfigError, ENV_CONFIG_FILE, ENV_PREFIX, MAX_FILE_BYTES, Origin, Problem};
 use serde::{Deserialize, Serialize};
 pub use validate::{check_dns_label, check_mount_path};
@@ -24,6 +25,80 @@ pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 pub struct Config {
     pub hardening: Policy,
     pub server: ServerConfig,
+    pub images: ImagesConfig,
+}
+
+/// The `[images]` table: learning what each image runs as from its registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Look images up at all (the webhook; `preview --resolve-images`).
+    pub resolve: bool,
+    /// What to do for an image that runs as root.
+    pub root: RootImages,
+    /// What to do when the image's user cannot be learned.
+    pub unknown: UnknownImages,
+    /// The UID `root = "run-as-user"` injects.
+    pub run_as_user: i64,
+    /// How long one review may wait for lookups, in milliseconds.
+    pub budget_ms: u64,
+    /// How long one lookup may run in all (it goes on after the budget).
+    pub lookup_timeout_ms: u64,
+    /// How long a tag's digest is trusted.
+    pub tag_ttl_seconds: u64,
+    /// How long an image whose user could not be learned is not asked again.
+    pub unknown_ttl_seconds: u64,
+    /// Images and digests kept in memory (each cache).
+    pub cache_entries: usize,
+    /// Lookups running at once; more wait.
+    pub concurrent_lookups: usize,
+    /// The largest image manifest or config blob read.
+    pub max_config_bytes: u64,
+    /// The largest layer downloaded when looking for /etc/passwd.
+    pub max_layer_bytes: u64,
+    /// The most bytes a layer may unpack to.
+    pub max_unpacked_bytes: u64,
+    /// The most layers searched for /etc/passwd, from the top.
+    pub max_layers: usize,
+    /// A `dockerconfigjson` file (a mounted Secret) with registry credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// Extra PEM CA certificates trusted for registries (besides the system's).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        let policy = ImagePolicy::default();
+        ImagesConfig {
+            resolve: false,
+            root: policy.root,
+            unknown: policy.unknown,
+            run_as_user: policy.run_as_user,
+            budget_ms: 2000,
+            lookup_timeout_ms: 30_000,
+            tag_ttl_seconds: 300,
+            unknown_ttl_seconds: 30,
+            cache_entries: 10_000,
+            concurrent_lookups: 4,
+            max_config_bytes: 4 << 20,
+            max_layer_bytes: 64 << 20,
+            max_unpacked_bytes: 256 << 20,
+            max_layers: 16,
+            credentials_file: None,
+            ca_file: None,
+        }
+    }
+}
+
+impl ImagesConfig {
+    /// The engine's part of this table.
+    pub fn policy(&self) -> ImagePolicy {
+        ImagePolicy {
+            root: self.root,
+            unknown: self.unknown,
+            run_as_user: self.run_as_user,
+        }
+    }
 }
 
 /// Where a policy is used; each gets the same policy but for what it needs.
@@ -54,6 +129,7 @@ impl Config {
         if entry == EntryPoint::Preview {
             policy.mutate_workloads = true;
         }
+        policy.images = self.images.policy();
         policy
     }
 }

@@ -31,6 +31,7 @@ impl Config {
         let mut problems = Problems::new();
         validate_policy(&self.hardening, &mut problems);
         validate_server(&self.server, &mut problems);
+        validate_images(&self.images, &mut problems);
         problems
     }
 }
@@ -86,6 +87,79 @@ fn validate_policy(policy: &Policy, problems: &mut Problems) {
         } else if !seen.insert(namespace.as_str()) {
             problems.push((key, format!("`{namespace}` is listed twice")));
         }
+    }
+}
+
+fn validate_images(images: &crate::ImagesConfig, problems: &mut Problems) {
+    if !(1..=MAX_ID).contains(&images.run_as_user) {
+        problems.push((
+            "images.run_as_user".to_owned(),
+            format!("must be between 1 and {MAX_ID}, got {}", images.run_as_user),
+        ));
+    }
+    let ranges: [(&str, u64, u64, u64); 5] = [
+        ("images.budget_ms", images.budget_ms, 1, 30_000),
+        (
+            "images.lookup_timeout_ms",
+            images.lookup_timeout_ms,
+            1,
+            600_000,
+        ),
+        ("images.tag_ttl_seconds", images.tag_ttl_seconds, 0, 86_400),
+        (
+            "images.unknown_ttl_seconds",
+            images.unknown_ttl_seconds,
+            0,
+            86_400,
+        ),
+        (
+            "images.max_config_bytes",
+            images.max_config_bytes,
+            1024,
+            64 << 20,
+        ),
+    ];
+    for (key, value, low, high) in ranges {
+        if !(low..=high).contains(&value) {
+            problems.push((
+                key.to_owned(),
+                format!("must be between {low} and {high}, got {value}"),
+            ));
+        }
+    }
+    for (key, value, low, high) in [
+        ("images.cache_entries", images.cache_entries, 1, 1_000_000),
+        (
+            "images.concurrent_lookups",
+            images.concurrent_lookups,
+            1,
+            64,
+        ),
+        ("images.max_layers", images.max_layers, 0, 128),
+    ] {
+        if !(low..=high).contains(&value) {
+            problems.push((
+                key.to_owned(),
+                format!("must be between {low} and {high}, got {value}"),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("images.max_layer_bytes", images.max_layer_bytes),
+        ("images.max_unpacked_bytes", images.max_unpacked_bytes),
+    ] {
+        if !(1024..=(4u64 << 30)).contains(&value) {
+            problems.push((
+                key.to_owned(),
+                format!("must be between 1024 and 4 GiB, got {value}"),
+            ));
+        }
+    }
+    if images.lookup_timeout_ms < images.budget_ms {
+        problems.push((
+            "images.lookup_timeout_ms".to_owned(),
+            "must be at least images.budget_ms".to_owned(),
+        ));
     }
 }
 

@@ -22,7 +22,9 @@ mod shape;
 mod view;
 mod writable;
 
-pub use image::{ImageFacts, ImagePolicy, ImageUser, RootImages, UnknownImages};
+pub use image::{
+    ImageFacts, ImagePolicy, ImageQuery, ImageUser, RootImages, UnknownImages, image_query,
+};
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
 pub use policy::Policy;
 pub use setting::{FLAG_KEYS, Row, Setting, SettingSwitches, Switch, TABLE, UnknownSetting};

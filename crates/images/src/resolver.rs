@@ -1,0 +1,679 @@
+//! Looking images up in their registries, with caches, one lookup per image
+//! at a time, a time budget per review and bounds on everything read.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use kube_hardener_engine::{ImageFacts, ImageUser};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tokio::sync::Semaphore;
+
+use crate::credentials::Credentials;
+use crate::layers::{PasswdInLayer, find_passwd, is_gzip};
+use crate::user::{ConfigUser, clip, merge_platforms, parse_config_user, resolve_name};
+
+/// The most platforms of one index looked at.
+const MAX_PLATFORMS: usize = 8;
+/// The most distinct images resolved for one review; the rest are unknown.
+pub const MAX_IMAGES_PER_REVIEW: usize = 16;
+
+/// How the resolver behaves; built from the `[images]` configuration.
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    pub budget: Duration,
+    pub lookup_timeout: Duration,
+    pub tag_ttl: Duration,
+    pub unknown_ttl: Duration,
+    pub cache_entries: usize,
+    pub concurrent_lookups: usize,
+    pub max_config_bytes: u64,
+    pub max_layer_bytes: u64,
+    pub max_unpacked_bytes: u64,
+    pub max_layers: usize,
+    pub credentials: Credentials,
+    /// Extra trusted CA certificates (PEM).
+    pub extra_roots_pem: Vec<Vec<u8>>,
+    /// Registries spoken to over plain HTTP (tests only; never by default).
+    pub plain_http: Vec<String>,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            budget: Duration::from_secs(2),
+            lookup_timeout: Duration::from_secs(30),
+            tag_ttl: Duration::from_secs(300),
+            unknown_ttl: Duration::from_secs(30),
+            cache_entries: 10_000,
+            concurrent_lookups: 4,
+            max_config_bytes: 4 << 20,
+            max_layer_bytes: 64 << 20,
+            max_unpacked_bytes: 256 << 20,
+            max_layers: 16,
+            credentials: Credentials::default(),
+            extra_roots_pem: Vec::new(),
+            plain_http: Vec::new(),
+        }
+    }
+}
+
+/// Where a lookup's answer came from, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Answered from the image cache.
+    Cache,
+    /// A tag's digest was checked again and the digest's user was cached.
+    Digest,
+    /// Looked up in the registry.
+    Registry,
+    /// Not answered within the review's budget (still running).
+    Budget,
+}
+
+impl Source {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Digest => "digest",
+            Source::Registry => "registry",
+            Source::Budget => "budget",
+        }
+    }
+}
+
+/// The kind of an answer, for metrics: `uid`, `named`, `root`, `unknown`.
+pub fn outcome_label(user: &ImageUser) -> &'static str {
+    match user {
+        ImageUser::Uid(_) => "uid",
+        ImageUser::Named { .. } => "named",
+        ImageUser::Root { .. } => "root",
+        ImageUser::Unknown { .. } => "unknown",
+    }
+}
+
+/// Receives what the resolver does (the server turns it into metrics).
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// One image of one review was answered.
+    fn answered(&self, source: Source, user: &ImageUser);
+    /// A registry lookup finished after `seconds`.
+    fn looked_up(&self, seconds: f64, user: &ImageUser);
+}
+
+/// An observer that records nothing.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn answered(&self, _: Source, _: &ImageUser) {}
+    fn looked_up(&self, _: f64, _: &ImageUser) {}
+}
+
+type Key = (String, Option<String>);
+type Pending = Shared<BoxFuture<'static, ImageUser>>;
+
+/// Resolves what images run as. Cheap to clone; clones share caches.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: ResolverConfig,
+    /// (image, arch) → what it runs as, the digest it was, and until when.
+    images: Mutex<Bounded<Key, (ImageUser, Option<String>, Instant)>>,
+    /// (manifest digest, arch) → what it runs as; digests never change.
+    digests: Mutex<Bounded<Key, ImageUser>>,
+    pending: Mutex<HashMap<Key, Pending>>,
+    permits: Semaphore,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    #[error("registry CA certificate: {0}")]
+    Certificate(String),
+}
+
+impl Resolver {
+    pub fn new(config: ResolverConfig, observer: Arc<dyn Observer>) -> Result<Self, ResolverError> {
+        // reqwest's rustls needs a process-wide provider; the server uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let protocol = if config.plain_http.is_empty() {
+            ClientProtocol::Https
+        } else {
+            ClientProtocol::HttpsExcept(config.plain_http.clone())
+        };
+        let extra_root_certificates = config
+            .extra_roots_pem
+            .iter()
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .collect();
+        let client = Client::new(ClientConfig {
+            protocol,
+            extra_root_certificates,
+            // Each platform is looked at explicitly (see `lookup_index`).
+            platform_resolver: None,
+            connect_timeout: Some(config.lookup_timeout.min(Duration::from_secs(10))),
+            read_timeout: Some(config.lookup_timeout),
+            max_concurrent_download: 1,
+            ..ClientConfig::default()
+        });
+        let entries = config.cache_entries.max(1);
+        Ok(Resolver {
+            inner: Arc::new(Inner {
+                client,
+                images: Mutex::new(Bounded::new(entries)),
+                digests: Mutex::new(Bounded::new(entries)),
+                pending: Mutex::new(HashMap::new()),
+                permits: Semaphore::new(config.concurrent_lookups.max(1)),
+                config,
+                observer,
+            }),
+        })
+    }
+
+    /// What each of `images` runs as, on the platform `arch` if the pod pins
+    /// one, within the review's time budget. Images over
+    /// [`MAX_IMAGES_PER_REVIEW`] and lookups past the budget are unknown;
+    /// those lookups go on, so the next review finds them cached.
+    pub async fn facts(&self, images: &[String], arch: Option<&str>) -> ImageFacts {
+        let deadline = tokio::time::Instant::now() + self.inner.config.budget;
+        let lookups = images
+            .iter()
+            .take(MAX_IMAGES_PER_REVIEW)
+            .map(|image| async move {
+                let (user, source) = self.user_until(image, arch, deadline).await;
+                self.inner.observer.answered(source, &user);
+                (image.clone(), user)
+            });
+        let mut facts: ImageFacts = futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .collect();
+        for image in images.iter().skip(MAX_IMAGES_PER_REVIEW) {
+            facts.insert(
+                image.clone(),
+                ImageUser::Unknown {
+                    why: format!("more than {MAX_IMAGES_PER_REVIEW} images in one pod"),
+                },
+            );
+        }
+        facts
+    }
+
+    /// The cached answer, if fresh.
+    pub fn cached(&self, image: &str, arch: Option<&str>) -> Option<ImageUser> {
+        let key = (image.to_owned(), arch.map(str::to_owned));
+        let images = self.inner.images.lock().ok()?;
+        let (user, _, until) = images.get(&key)?;
+        (Instant::now() < *until).then(|| user.clone())
+    }
+
+    async fn user_until(
+        &self,
+        image: &str,
+        arch: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> (ImageUser, Source) {
+        if let Some(user) = self.cached(image, arch) {
+            return (user, Source::Cache);
+        }
+        let key: Key = (image.to_owned(), arch.map(str::to_owned));
+        let pending = self.pending(key);
+        match tokio::time::timeout_at(deadline, pending).await {
+            Ok(user) => (user, Source::Registry),
+            Err(_) => (
+                ImageUser::Unknown {
+                    why: format!(
+                        "no answer within the {} ms budget; still looking",
+                        self.inner.config.budget.as_millis()
+                    ),
+                },
+                Source::Budget,
+            ),
+        }
+    }
+
+    /// The one lookup of `key` in flight, started if there is none. It runs
+    /// as its own task, so it finishes (and fills the caches) even when every
+    /// review waiting for it has given up.
+    fn pending(&self, key: Key) -> Pending {
+        let Ok(mut pending) = self.inner.pending.lock() else {
+            return futures::future::ready(ImageUser::Unknown {
+                why: "internal lock poisoned".to_owned(),
+            })
+            .boxed()
+            .shared();
+        };
+        if let Some(running) = pending.get(&key) {
+            return running.clone();
+        }
+        let this = self.clone();
+        let task_key = key.clone();
+        let handle = tokio::spawn(async move {
+            let user = this.lookup_bounded(&task_key).await;
+            if let Ok(mut pending) = this.inner.pending.lock() {
+                pending.remove(&task_key);
+            }
+            user
+        });
+        let shared = async move {
+            handle.await.unwrap_or_else(|_| ImageUser::Unknown {
+                why: "the lookup task failed".to_owned(),
+            })
+        }
+        .boxed()
+        .shared();
+        pending.insert(key, shared.clone());
+        shared
+    }
+
+    async fn lookup_bounded(&self, key: &Key) -> ImageUser {
+        let started = Instant::now();
+        let (image, arch) = (key.0.as_str(), key.1.as_deref());
+        let result = match self.inner.permits.acquire().await {
+            Ok(_permit) => {
+                tokio::time::timeout(self.inner.config.lookup_timeout, self.lookup(image, arch))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "the registry did not answer within {} ms",
+                            self.inner.config.lookup_timeout.as_millis()
+                        ))
+                    })
+            }
+            Err(_) => Err("the resolver is shutting down".to_owned()),
+        };
+        let (user, digest) = match result {
+            Ok((user, digest)) => (user, digest),
+            Err(why) => (ImageUser::Unknown { why }, None),
+        };
+        self.inner
+            .observer
+            .looked_up(started.elapsed().as_secs_f64(), &user);
+        let ttl = match (&user, &digest) {
+            (ImageUser::Unknown { .. }, _) => self.inner.config.unknown_ttl,
+            (_, Some(_)) if is_pinned(image) => Duration::from_secs(365 * 24 * 3600),
+            _ => self.inner.config.tag_ttl,
+        };
+        if let Ok(mut images) = self.inner.images.lock() {
+            images.insert(
+                key.clone(),
+                (user.clone(), digest.clone(), Instant::now() + ttl),
+            );
+        }
+        if let (Some(digest), false) = (digest, matches!(user, ImageUser::Unknown { .. })) {
+            if let Ok(mut digests) = self.inner.digests.lock() {
+                digests.insert((digest, key.1.clone()), user.clone());
+            }
+        }
+        user
+    }
+
+    /// The whole lookup: returns what the image runs as and the digest of
+    /// its top manifest, or why nothing could be learned.
+    async fn lookup(
+        &self,
+        image: &str,
+        arch: Option<&str>,
+    ) -> Result<(ImageUser, Option<String>), String> {
+        let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
+            format!("not an image reference: {}", clip(&e.to_string()))
+        })?;
+        let auth = self.auth_for(&reference);
+        let client = &self.inner.client;
+        // A tag whose digest's user is known needs only the digest.
+        let known_digest = match reference.digest() {
+            Some(digest) => Some(digest.to_owned()),
+            None => client.fetch_manifest_digest(&reference, &auth).await.ok(),
+        };
+        if let Some(digest) = &known_digest
+            && let Some(user) = self.digest_user(digest, arch)
+        {
+            return Ok((user, known_digest));
+        }
+        let (manifest, digest) = client
+            .pull_manifest(&reference, &auth)
+            .await
+            .map_err(|e| registry_error("manifest", &e))?;
+        let user = match manifest {
+            OciManifest::Image(manifest) => {
+                self.lookup_manifest(&reference, &auth, &manifest).await?
+            }
+            OciManifest::ImageIndex(index) => {
+                let mut platforms = Vec::new();
+                for entry in index.manifests.iter() {
+                    let Some(platform) = &entry.platform else {
+                        continue;
+                    };
+                    if platform.os.to_string() != "linux" {
+                        continue;
+                    }
+                    let architecture = platform.architecture.to_string();
+                    if arch.is_some_and(|pinned| pinned != architecture) {
+                        continue;
+                    }
+                    if platforms.len() == MAX_PLATFORMS {
+                        return Err(format!(
+                            "the image index lists more than {MAX_PLATFORMS} linux platforms"
+                        ));
+                    }
+                    platforms.push((architecture, entry.digest.clone()));
+                }
+                if platforms.is_empty() {
+                    let which = arch.map(|a| format!(" for {a}")).unwrap_or_default();
+                    return Err(format!("the image index has no linux platform{which}"));
+                }
+                let mut users = Vec::new();
+                for (architecture, digest) in platforms {
+                    let platform_ref = Reference::with_digest(
+                        reference.registry().to_owned(),
+                        reference.repository().to_owned(),
+                        digest,
+                    );
+                    let user = match client.pull_manifest(&platform_ref, &auth).await {
+                        Ok((OciManifest::Image(manifest), _)) => {
+                            match self.lookup_manifest(&platform_ref, &auth, &manifest).await {
+                                Ok(user) => user,
+                                Err(why) => ImageUser::Unknown { why },
+                            }
+                        }
+                        Ok((OciManifest::ImageIndex(_), _)) => ImageUser::Unknown {
+                            why: "an image index inside an image index".to_owned(),
+                        },
+                        Err(e) => ImageUser::Unknown {
+                            why: registry_error("platform manifest", &e),
+                        },
+                    };
+                    users.push((format!("linux/{architecture}"), user));
+                }
+                merge_platforms(users)
+            }
+        };
+        Ok((user, Some(digest)))
+    }
+
+    fn digest_user(&self, digest: &str, arch: Option<&str>) -> Option<ImageUser> {
+        let digests = self.inner.digests.lock().ok()?;
+        digests
+            .get(&(digest.to_owned(), arch.map(str::to_owned)))
+            .cloned()
+    }
+
+    async fn lookup_manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        manifest: &OciImageManifest,
+    ) -> Result<ImageUser, String> {
+        let config = self
+            .blob(
+                reference,
+                &manifest.config,
+                self.inner.config.max_config_bytes,
+                "config",
+            )
+            .await?;
+        let user = image_config_user(&config)?;
+        match parse_config_user(&user) {
+            ConfigUser::Uid(uid) => Ok(ImageUser::Uid(uid)),
+            ConfigUser::Root(why) => Ok(ImageUser::Root { why }),
+            ConfigUser::Invalid(why) => Err(why),
+            ConfigUser::Name(name) => {
+                let passwd = self.passwd(reference, auth, manifest).await?;
+                Ok(resolve_name(&name, passwd.as_deref()))
+            }
+        }
+    }
+
+    /// The image's `/etc/passwd`: the topmost layer that has or deletes it wins.
+    async fn passwd(
+        &self,
+        reference: &Reference,
+        _auth: &RegistryAuth,
+        manifest: &OciImageManifest,
+    ) -> Result<Option<String>, String> {
+        let limits = &self.inner.config;
+        if manifest.layers.len() > limits.max_layers {
+            // Only the top layers are searched; a miss there is not proof.
+            tracing::debug!(
+                layers = manifest.layers.len(),
+                "searching only the top layers"
+            );
+        }
+        for (searched, layer) in manifest.layers.iter().rev().enumerate() {
+            if searched == limits.max_layers {
+                return Err(format!(
+                    "/etc/passwd not in the top {} layers",
+                    limits.max_layers
+                ));
+            }
+            if is_gzip(&layer.media_type).is_none() {
+                return Err(format!(
+                    "layer media type `{}` is not supported",
+                    clip(&layer.media_type)
+                ));
+            }
+            let bytes = self
+                .blob(reference, layer, limits.max_layer_bytes, "layer")
+                .await?;
+            match find_passwd(&bytes, &layer.media_type, limits.max_unpacked_bytes) {
+                Ok(PasswdInLayer::Found(text)) => return Ok(Some(text)),
+                Ok(PasswdInLayer::Deleted) => return Ok(None),
+                Ok(PasswdInLayer::Absent) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Downloads a blob, refusing one that claims or turns out to be larger
+    /// than `max` bytes (the registry's claim is checked before any download).
+    async fn blob(
+        &self,
+        reference: &Reference,
+        descriptor: &OciDescriptor,
+        max: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, String> {
+        let too_large = || format!("the image's {what} is larger than {max} bytes");
+        if u64::try_from(descriptor.size).map_or(true, |size| size > max) {
+            return Err(too_large());
+        }
+        let sized = self
+            .inner
+            .client
+            .pull_blob_stream(reference, descriptor)
+            .await
+            .map_err(|e| registry_error(what, &e))?;
+        if sized.content_length.is_some_and(|length| length > max) {
+            return Err(too_large());
+        }
+        let mut stream = sized.stream;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| format!("reading the image's {what}: {}", clip(&e.to_string())))?;
+            if bytes.len() as u64 + chunk.len() as u64 > max {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
+    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
+        match self
+            .inner
+            .config
+            .credentials
+            .for_registry(reference.resolve_registry())
+        {
+            Some((user, password)) => RegistryAuth::Basic(user.to_owned(), password.to_owned()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+fn is_pinned(image: &str) -> bool {
+    image.contains("@sha256:") || image.contains("@sha512:")
+}
+
+/// `config.User` of an image config blob (empty when absent).
+fn image_config_user(blob: &[u8]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct ImageConfig {
+        config: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(rename = "User")]
+        user: Option<String>,
+    }
+    let parsed: ImageConfig = serde_json::from_slice(blob).map_err(|e| {
+        format!(
+            "the image config is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    Ok(parsed.config.and_then(|c| c.user).unwrap_or_default())
+}
+
+/// A short reason for a registry error: its kind, never credentials.
+fn registry_error(what: &str, error: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::OciDistributionError as E;
+    let kind = match error {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            "access refused (401/403)".to_owned()
+        }
+        E::ImageManifestNotFoundError(_) => "not found (404)".to_owned(),
+        E::ServerError { code, .. } => format!("registry answered HTTP {code}"),
+        other => clip(&other.to_string()),
+    };
+    format!("{what}: {kind}")
+}
+
+/// A map that keeps at most `capacity` entries, dropping the oldest.
+#[derive(Debug)]
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: Eq + Hash + Clone, V> Bounded<K, V> {
+    fn new(capacity: usize) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+            while self.map.len() > self.capacity {
+                match self.order.pop_front() {
+                    Some(oldest) => {
+                        self.map.remove(&oldest);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_maps_drop_the_oldest() {
+        let mut map = Bounded::new(2);
+        map.insert(1, "a");
+        map.insert(2, "b");
+        map.insert(1, "a2");
+        map.insert(3, "c");
+        assert_eq!(map.get(&1), None);
+        assert_eq!(map.get(&2), Some(&"b"));
+        assert_eq!(map.get(&3), Some(&"c"));
+        assert_eq!(map.map.len(), 2);
+    }
+
+    #[test]
+    fn config_users_from_blobs() {
+        assert_eq!(
+            image_config_user(br#"{"config": {"User": "app"}}"#),
+            Ok("app".to_owned())
+        );
+        assert_eq!(image_config_user(br#"{"config": {}}"#), Ok(String::new()));
+        assert_eq!(
+            image_config_user(br#"{"architecture": "amd64"}"#),
+            Ok(String::new())
+        );
+        assert!(
+            image_config_user(b"\x00garbage")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(image_config_user(br#"{"config": {"User": 5}}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_references_and_unreachable_registries_are_unknown_within_budget() {
+        let resolver = Resolver::new(
+            ResolverConfig {
+                budget: Duration::from_millis(300),
+                lookup_timeout: Duration::from_millis(2000),
+                ..ResolverConfig::default()
+            },
+            Arc::new(NoObserver),
+        )
+        .unwrap();
+        // Port 9 on loopback: nothing listens, the connection is refused.
+        let images = vec!["UPPER/Case:x".to_owned(), "127.0.0.1:9/app:1".to_owned()];
+        let started = Instant::now();
+        let facts = resolver.facts(&images, None).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(300 + 100),
+            "{:?}",
+            started.elapsed()
+        );
+        for image in &images {
+            assert!(
+                matches!(&facts[image], ImageUser::Unknown { .. }),
+                "{image}: {:?}",
+                facts[image]
+            );
+        }
+        assert!(
+            matches!(&facts["UPPER/Case:x"], ImageUser::Unknown { why } if why.contains("not an image reference"))
+        );
+    }
+}
