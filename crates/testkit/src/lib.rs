@@ -1,7 +1,10 @@
 //! Test support shared by `crates/server/tests` and `e2e`: one throw-away CA
 //! that issues serving and client certificates, and one polling helper for
-//! state that something else picks up asynchronously. Dev-only: nothing that
+//! state that something else picks up asynchronously, and a real OCI registry
+//! (`registry`) with helpers that push test images. Dev-only: nothing that
 //! ships depends on it.
+
+pub mod registry;
 
 use std::time::Duration;
 

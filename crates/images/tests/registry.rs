@@ -1,0 +1,232 @@
+//! The resolver against a real registry on loopback (Debian's
+//! docker-registry, distribution 2.8) with TLS, anonymous and with basic
+//! auth, holding images the tests push themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kube_hardener_engine::ImageUser;
+use kube_hardener_images::{Credentials, Observer, Resolver, ResolverConfig, Source};
+use kube_hardener_testkit::registry::{Registry, TestImage, layer, sha256_digest};
+use serde_json::json;
+
+const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\nzero:x:0:0::/:/bin/sh\n";
+
+#[derive(Debug, Default)]
+struct Counting {
+    lookups: AtomicUsize,
+    cache_hits: AtomicUsize,
+}
+
+impl Observer for Counting {
+    fn answered(&self, source: Source, _: &ImageUser) {
+        if source == Source::Cache {
+            self.cache_hits.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn looked_up(&self, _: f64, _: &ImageUser) {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn resolver_for(registry: &Registry, credentials: Credentials, observer: Arc<Counting>) -> Resolver {
+    Resolver::new(
+        ResolverConfig {
+            budget: Duration::from_secs(5),
+            lookup_timeout: Duration::from_secs(10),
+            extra_roots_pem: vec![registry.ca_pem.as_bytes().to_vec()],
+            credentials,
+            max_layer_bytes: 1 << 20,
+            ..ResolverConfig::default()
+        },
+        observer,
+    )
+    .unwrap()
+}
+
+async fn one(resolver: &Resolver, image: &str, arch: Option<&str>) -> ImageUser {
+    let facts = resolver.facts(&[image.to_owned()], arch).await;
+    facts[image].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_user_is_read_from_the_registry() {
+    let registry = Registry::anonymous().unwrap();
+    let passwd_layer: &[(&str, &[u8])] = &[("etc/passwd", PASSWD)];
+    let cases: Vec<(&str, TestImage, Box<dyn Fn(&ImageUser) -> bool>)> = vec![
+        ("unset:1", TestImage::new(None, passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why == "USER unset"))),
+        ("zero:1", TestImage::new(Some("0:0"), passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why == "USER 0:0"))),
+        ("uid:1", TestImage::new(Some("65532"), &[]), Box::new(|u| *u == ImageUser::Uid(65532))),
+        ("named:1", TestImage::new(Some("app"), passwd_layer), Box::new(|u| *u == ImageUser::Named { name: "app".into(), uid: 10001 })),
+        ("named-zero:1", TestImage::new(Some("zero"), passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("UID 0")))),
+        ("named-missing:1", TestImage::new(Some("ghost"), passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("not in")))),
+        ("no-passwd:1", TestImage::new(Some("app"), &[("bin/sh", b"x")]), Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("no /etc/passwd")))),
+    ];
+    let mut digests = Vec::new();
+    for (tag, image, _) in &cases {
+        digests.push(registry.push(&format!("kh/{tag}"), image).await.unwrap());
+    }
+    // The top layer wins: a later layer that replaces /etc/passwd decides.
+    let mut layered = TestImage::new(Some("app"), passwd_layer);
+    layered.layers.push(layer(&[("etc/passwd", b"app:x:20002:20002::/:/bin/sh\n")]));
+    registry.push("kh/layered:1", &layered).await.unwrap();
+    let mut deleted = TestImage::new(Some("app"), passwd_layer);
+    deleted.layers.push(layer(&[("etc/.wh.passwd", b"")]));
+    registry.push("kh/deleted:1", &deleted).await.unwrap();
+
+    let observer = Arc::new(Counting::default());
+    let resolver = resolver_for(&registry, Credentials::default(), observer.clone());
+    for ((tag, _, check), digest) in cases.iter().zip(&digests) {
+        let by_tag = one(&resolver, &registry.image(&format!("kh/{tag}")), None).await;
+        assert!(check(&by_tag), "{tag}: {by_tag:?}");
+        // A digest-pinned reference needs no tag and gives the same answer.
+        let name = tag.split(':').next().unwrap();
+        let by_digest = one(&resolver, &registry.image(&format!("kh/{name}@{digest}")), None).await;
+        assert_eq!(by_digest, by_tag, "{tag} by digest");
+    }
+    assert_eq!(
+        one(&resolver, &registry.image("kh/layered:1"), None).await,
+        ImageUser::Named { name: "app".into(), uid: 20002 }
+    );
+    assert!(matches!(
+        one(&resolver, &registry.image("kh/deleted:1"), None).await,
+        ImageUser::Root { why } if why.contains("no /etc/passwd")
+    ));
+    // Cached now: asking again reads nothing from the registry.
+    let lookups = observer.lookups.load(Ordering::SeqCst);
+    let again = one(&resolver, &registry.image("kh/named:1"), None).await;
+    assert_eq!(again, ImageUser::Named { name: "app".into(), uid: 10001 });
+    assert_eq!(observer.lookups.load(Ordering::SeqCst), lookups);
+    assert!(observer.cache_hits.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_is_decided_by_its_linux_platforms() {
+    let registry = Registry::anonymous().unwrap();
+    let mut amd64 = TestImage::new(Some("1000"), &[]);
+    amd64.architecture = "amd64".into();
+    let mut arm64 = TestImage::new(None, &[]);
+    arm64.architecture = "arm64".into();
+    let amd64_digest = registry.push("kh/multi:amd64", &amd64).await.unwrap();
+    let arm64_digest = registry.push("kh/multi:arm64", &arm64).await.unwrap();
+    registry
+        .push_index("kh/multi:1", &[("amd64", &amd64_digest), ("arm64", &arm64_digest)])
+        .await
+        .unwrap();
+    let resolver = resolver_for(&registry, Credentials::default(), Arc::default());
+    let image = registry.image("kh/multi:1");
+    // Unpinned: the platforms disagree, the cautious answer is root.
+    assert!(matches!(
+        one(&resolver, &image, None).await,
+        ImageUser::Root { why } if why.contains("linux/arm64") && why.contains("disagree")
+    ));
+    assert_eq!(one(&resolver, &image, Some("amd64")).await, ImageUser::Uid(1000));
+    assert!(matches!(one(&resolver, &image, Some("arm64")).await, ImageUser::Root { .. }));
+    assert!(matches!(
+        one(&resolver, &image, Some("s390x")).await,
+        ImageUser::Unknown { why } if why.contains("no linux platform for s390x")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_and_refusals_give_unknown_never_a_hang() {
+    let registry = Registry::with_basic_auth("robot", "s3cret").unwrap();
+    let credentials = Credentials::from_json(
+        json!({"auths": {registry.host.clone(): {"username": "robot", "password": "s3cret"}}})
+            .to_string()
+            .as_bytes(),
+        "test",
+    )
+    .unwrap();
+    registry
+        .push("kh/private:1", &TestImage::new(Some("65532"), &[]))
+        .await
+        .unwrap();
+    // A layer that claims 2 GB: refused before any download.
+    let small = layer(&[("etc/passwd", PASSWD)]);
+    let layer_digest = registry.push_blob("kh/huge", small.clone()).await.unwrap();
+    let config = TestImage::new(Some("app"), &[]).config_json().into_bytes();
+    let config_digest = registry.push_blob("kh/huge", config.clone()).await.unwrap();
+    registry
+        .push_raw_manifest(
+            "kh/huge:1",
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": config_digest, "size": config.len()},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": layer_digest, "size": 2_000_000_000u64}],
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(layer_digest, sha256_digest(&small));
+
+    let with = resolver_for(&registry, credentials, Arc::default());
+    let without = resolver_for(&registry, Credentials::default(), Arc::default());
+    assert_eq!(one(&with, &registry.image("kh/private:1"), None).await, ImageUser::Uid(65532));
+    assert!(matches!(
+        one(&without, &registry.image("kh/private:1"), None).await,
+        ImageUser::Unknown { .. }
+    ));
+    assert!(matches!(
+        one(&with, &registry.image("kh/huge:1"), None).await,
+        ImageUser::Unknown { why } if why.contains("larger than")
+    ));
+    assert!(matches!(
+        one(&with, &registry.image("kh/absent:1"), None).await,
+        ImageUser::Unknown { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_registry_costs_one_budget_and_one_lookup() {
+    // Accepts connections and never answers: the worst registry there is.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let observer = Arc::new(Counting::default());
+    let budget = Duration::from_millis(250);
+    let resolver = Resolver::new(
+        ResolverConfig {
+            budget,
+            lookup_timeout: Duration::from_secs(2),
+            ..ResolverConfig::default()
+        },
+        observer.clone(),
+    )
+    .unwrap();
+    let image = format!("{host}/kh/slow:1");
+    let started = Instant::now();
+    // Ten concurrent reviews of the same image share one lookup.
+    let reviews = (0..10).map(|_| resolver.facts(std::slice::from_ref(&image), None));
+    let answers = futures::future::join_all(reviews).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < budget + Duration::from_millis(100), "{elapsed:?}");
+    for facts in answers {
+        assert!(matches!(&facts[&image], ImageUser::Unknown { why } if why.contains("budget")), "{facts:?}");
+    }
+    // The lookup goes on in the background and ends at its own timeout.
+    kube_hardener_testkit::eventually("the background lookup to give up", Duration::from_secs(5), || async {
+        match observer.lookups.load(Ordering::SeqCst) {
+            1 => Ok(()),
+            n => Err(format!("{n} lookups finished")),
+        }
+    })
+    .await
+    .unwrap();
+    // Its failure is remembered for unknown_ttl: the next review is instant.
+    let started = Instant::now();
+    let facts = resolver.facts(std::slice::from_ref(&image), None).await;
+    assert!(started.elapsed() < Duration::from_millis(20), "{:?}", started.elapsed());
+    assert!(matches!(&facts[&image], ImageUser::Unknown { .. }));
+    held.abort();
+}
