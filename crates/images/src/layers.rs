@@ -95,10 +95,10 @@ fn scan(reader: &mut Counted<impl Read>) -> Result<PasswdInLayer, LayerError> {
                     .map_err(|e| LayerError::Corrupt(e.to_string()))?;
                 verdict = PasswdInLayer::Found(String::from_utf8_lossy(&text).into_owned());
             }
-            b"etc/.wh.passwd" | b"etc/.wh..wh..opq" | b".wh.etc" => {
-                if verdict == PasswdInLayer::Absent {
-                    verdict = PasswdInLayer::Deleted;
-                }
+            b"etc/.wh.passwd" | b"etc/.wh..wh..opq" | b".wh.etc"
+                if verdict == PasswdInLayer::Absent =>
+            {
+                verdict = PasswdInLayer::Deleted;
             }
             _ => {}
         }
@@ -177,7 +177,8 @@ pub(crate) mod tests {
     #[test]
     fn finds_deletes_or_misses_passwd() {
         let passwd: &[u8] = b"app:x:10001:10001::/:/bin/sh\n";
-        let cases: Vec<(Vec<(&str, Option<&[u8]>)>, PasswdInLayer)> = vec![
+        type Files<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
+        let cases: Vec<(Files<'_>, PasswdInLayer)> = vec![
             (
                 vec![("etc/passwd", Some(passwd))],
                 PasswdInLayer::Found(String::from_utf8_lossy(passwd).into()),

@@ -116,6 +116,8 @@ impl Observer for NoObserver {
 }
 
 type Key = (String, Option<String>);
+/// What an image runs as, the digest it was, and until when that holds.
+type ImageEntry = (ImageUser, Option<String>, Instant);
 type Pending = Shared<BoxFuture<'static, ImageUser>>;
 
 /// Resolves what images run as. Cheap to clone; clones share caches.
@@ -128,7 +130,7 @@ struct Inner {
     client: Client,
     config: ResolverConfig,
     /// (image, arch) → what it runs as, the digest it was, and until when.
-    images: Mutex<Bounded<Key, (ImageUser, Option<String>, Instant)>>,
+    images: Mutex<Bounded<Key, ImageEntry>>,
     /// (manifest digest, arch) → what it runs as; digests never change.
     digests: Mutex<Bounded<Key, ImageUser>>,
     pending: Mutex<HashMap<Key, Pending>>,
@@ -146,8 +148,56 @@ impl std::fmt::Debug for Inner {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolverError {
-    #[error("registry CA certificate: {0}")]
-    Certificate(String),
+    #[error("images.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("images.credentials_file: {0}")]
+    Credentials(#[from] crate::CredentialsError),
+}
+
+/// The largest CA file read.
+const MAX_CA_FILE_BYTES: u64 = 1 << 20;
+
+impl ResolverConfig {
+    /// From the `[images]` table, reading its credentials and CA files.
+    pub fn from_config(images: &kube_hardener_config::ImagesConfig) -> Result<Self, ResolverError> {
+        let credentials = match &images.credentials_file {
+            Some(path) => Credentials::from_file(path)?,
+            None => Credentials::default(),
+        };
+        let mut extra_roots_pem = Vec::new();
+        if let Some(path) = &images.ca_file {
+            let error = |reason: String| ResolverError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let size = std::fs::metadata(path)
+                .map_err(|e| error(e.to_string()))?
+                .len();
+            if size > MAX_CA_FILE_BYTES {
+                return Err(error(format!("larger than {MAX_CA_FILE_BYTES} bytes")));
+            }
+            let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(error("holds no PEM certificate".to_owned()));
+            }
+            extra_roots_pem.push(pem);
+        }
+        Ok(ResolverConfig {
+            budget: Duration::from_millis(images.budget_ms),
+            lookup_timeout: Duration::from_millis(images.lookup_timeout_ms),
+            tag_ttl: Duration::from_secs(images.tag_ttl_seconds),
+            unknown_ttl: Duration::from_secs(images.unknown_ttl_seconds),
+            cache_entries: images.cache_entries,
+            concurrent_lookups: images.concurrent_lookups,
+            max_config_bytes: images.max_config_bytes,
+            max_layer_bytes: images.max_layer_bytes,
+            max_unpacked_bytes: images.max_unpacked_bytes,
+            max_layers: images.max_layers,
+            credentials,
+            extra_roots_pem,
+            plain_http: Vec::new(),
+        })
+    }
 }
 
 impl Resolver {
@@ -321,10 +371,10 @@ impl Resolver {
                 (user.clone(), digest.clone(), Instant::now() + ttl),
             );
         }
-        if let (Some(digest), false) = (digest, matches!(user, ImageUser::Unknown { .. })) {
-            if let Ok(mut digests) = self.inner.digests.lock() {
-                digests.insert((digest, key.1.clone()), user.clone());
-            }
+        if let (Some(digest), false) = (digest, matches!(user, ImageUser::Unknown { .. }))
+            && let Ok(mut digests) = self.inner.digests.lock()
+        {
+            digests.insert((digest, key.1.clone()), user.clone());
         }
         user
     }
@@ -559,15 +609,28 @@ fn image_config_user(blob: &[u8]) -> Result<String, String> {
     Ok(parsed.config.and_then(|c| c.user).unwrap_or_default())
 }
 
-/// A short reason for a registry error: its kind, never credentials.
+/// A short reason for a registry error: its kind, never credentials, and
+/// no URL (the warning names the image already).
 fn registry_error(what: &str, error: &oci_client::errors::OciDistributionError) -> String {
-    use oci_client::errors::OciDistributionError as E;
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
     let kind = match error {
         E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
             "access refused (401/403)".to_owned()
         }
         E::ImageManifestNotFoundError(_) => "not found (404)".to_owned(),
+        E::RegistryError { envelope, .. } => match envelope.errors.first().map(|e| &e.code) {
+            Some(C::ManifestUnknown | C::NameUnknown | C::BlobUnknown | C::NotFound) => {
+                "not found (404)".to_owned()
+            }
+            Some(C::Unauthorized | C::Denied) => "access refused (401/403)".to_owned(),
+            Some(C::Toomanyrequests) => "rate limited (429)".to_owned(),
+            Some(code) => format!("registry error {}", clip(&format!("{code:?}"))),
+            None => "registry error".to_owned(),
+        },
         E::ServerError { code, .. } => format!("registry answered HTTP {code}"),
+        E::RequestError(e) if e.is_timeout() => "timed out".to_owned(),
+        E::RequestError(e) if e.is_connect() => "cannot connect".to_owned(),
+        E::RequestError(_) => "request failed".to_owned(),
         other => clip(&other.to_string()),
     };
     format!("{what}: {kind}")

@@ -12,7 +12,8 @@ use kube_hardener_images::{Credentials, Observer, Resolver, ResolverConfig, Sour
 use kube_hardener_testkit::registry::{Registry, TestImage, layer, sha256_digest};
 use serde_json::json;
 
-const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\nzero:x:0:0::/:/bin/sh\n";
+const PASSWD: &[u8] =
+    b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\nzero:x:0:0::/:/bin/sh\n";
 
 #[derive(Debug, Default)]
 struct Counting {
@@ -31,7 +32,11 @@ impl Observer for Counting {
     }
 }
 
-fn resolver_for(registry: &Registry, credentials: Credentials, observer: Arc<Counting>) -> Resolver {
+fn resolver_for(
+    registry: &Registry,
+    credentials: Credentials,
+    observer: Arc<Counting>,
+) -> Resolver {
     Resolver::new(
         ResolverConfig {
             budget: Duration::from_secs(5),
@@ -55,14 +60,48 @@ async fn one(resolver: &Resolver, image: &str, arch: Option<&str>) -> ImageUser 
 async fn every_kind_of_user_is_read_from_the_registry() {
     let registry = Registry::anonymous().unwrap();
     let passwd_layer: &[(&str, &[u8])] = &[("etc/passwd", PASSWD)];
-    let cases: Vec<(&str, TestImage, Box<dyn Fn(&ImageUser) -> bool>)> = vec![
-        ("unset:1", TestImage::new(None, passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why == "USER unset"))),
-        ("zero:1", TestImage::new(Some("0:0"), passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why == "USER 0:0"))),
-        ("uid:1", TestImage::new(Some("65532"), &[]), Box::new(|u| *u == ImageUser::Uid(65532))),
-        ("named:1", TestImage::new(Some("app"), passwd_layer), Box::new(|u| *u == ImageUser::Named { name: "app".into(), uid: 10001 })),
-        ("named-zero:1", TestImage::new(Some("zero"), passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("UID 0")))),
-        ("named-missing:1", TestImage::new(Some("ghost"), passwd_layer), Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("not in")))),
-        ("no-passwd:1", TestImage::new(Some("app"), &[("bin/sh", b"x")]), Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("no /etc/passwd")))),
+    type Check = Box<dyn Fn(&ImageUser) -> bool>;
+    let cases: Vec<(&str, TestImage, Check)> = vec![
+        (
+            "unset:1",
+            TestImage::new(None, passwd_layer),
+            Box::new(|u| matches!(u, ImageUser::Root { why } if why == "USER unset")),
+        ),
+        (
+            "zero:1",
+            TestImage::new(Some("0:0"), passwd_layer),
+            Box::new(|u| matches!(u, ImageUser::Root { why } if why == "USER 0:0")),
+        ),
+        (
+            "uid:1",
+            TestImage::new(Some("65532"), &[]),
+            Box::new(|u| *u == ImageUser::Uid(65532)),
+        ),
+        (
+            "named:1",
+            TestImage::new(Some("app"), passwd_layer),
+            Box::new(|u| {
+                *u == ImageUser::Named {
+                    name: "app".into(),
+                    uid: 10001,
+                }
+            }),
+        ),
+        (
+            "named-zero:1",
+            TestImage::new(Some("zero"), passwd_layer),
+            Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("UID 0"))),
+        ),
+        (
+            "named-missing:1",
+            TestImage::new(Some("ghost"), passwd_layer),
+            Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("not in"))),
+        ),
+        (
+            "no-passwd:1",
+            TestImage::new(Some("app"), &[("bin/sh", b"x")]),
+            Box::new(|u| matches!(u, ImageUser::Root { why } if why.contains("no /etc/passwd"))),
+        ),
     ];
     let mut digests = Vec::new();
     for (tag, image, _) in &cases {
@@ -70,7 +109,9 @@ async fn every_kind_of_user_is_read_from_the_registry() {
     }
     // The top layer wins: a later layer that replaces /etc/passwd decides.
     let mut layered = TestImage::new(Some("app"), passwd_layer);
-    layered.layers.push(layer(&[("etc/passwd", b"app:x:20002:20002::/:/bin/sh\n")]));
+    layered
+        .layers
+        .push(layer(&[("etc/passwd", b"app:x:20002:20002::/:/bin/sh\n")]));
     registry.push("kh/layered:1", &layered).await.unwrap();
     let mut deleted = TestImage::new(Some("app"), passwd_layer);
     deleted.layers.push(layer(&[("etc/.wh.passwd", b"")]));
@@ -83,12 +124,20 @@ async fn every_kind_of_user_is_read_from_the_registry() {
         assert!(check(&by_tag), "{tag}: {by_tag:?}");
         // A digest-pinned reference needs no tag and gives the same answer.
         let name = tag.split(':').next().unwrap();
-        let by_digest = one(&resolver, &registry.image(&format!("kh/{name}@{digest}")), None).await;
+        let by_digest = one(
+            &resolver,
+            &registry.image(&format!("kh/{name}@{digest}")),
+            None,
+        )
+        .await;
         assert_eq!(by_digest, by_tag, "{tag} by digest");
     }
     assert_eq!(
         one(&resolver, &registry.image("kh/layered:1"), None).await,
-        ImageUser::Named { name: "app".into(), uid: 20002 }
+        ImageUser::Named {
+            name: "app".into(),
+            uid: 20002
+        }
     );
     assert!(matches!(
         one(&resolver, &registry.image("kh/deleted:1"), None).await,
@@ -97,7 +146,13 @@ async fn every_kind_of_user_is_read_from_the_registry() {
     // Cached now: asking again reads nothing from the registry.
     let lookups = observer.lookups.load(Ordering::SeqCst);
     let again = one(&resolver, &registry.image("kh/named:1"), None).await;
-    assert_eq!(again, ImageUser::Named { name: "app".into(), uid: 10001 });
+    assert_eq!(
+        again,
+        ImageUser::Named {
+            name: "app".into(),
+            uid: 10001
+        }
+    );
     assert_eq!(observer.lookups.load(Ordering::SeqCst), lookups);
     assert!(observer.cache_hits.load(Ordering::SeqCst) >= 1);
 }
@@ -112,7 +167,10 @@ async fn an_index_is_decided_by_its_linux_platforms() {
     let amd64_digest = registry.push("kh/multi:amd64", &amd64).await.unwrap();
     let arm64_digest = registry.push("kh/multi:arm64", &arm64).await.unwrap();
     registry
-        .push_index("kh/multi:1", &[("amd64", &amd64_digest), ("arm64", &arm64_digest)])
+        .push_index(
+            "kh/multi:1",
+            &[("amd64", &amd64_digest), ("arm64", &arm64_digest)],
+        )
         .await
         .unwrap();
     let resolver = resolver_for(&registry, Credentials::default(), Arc::default());
@@ -122,8 +180,14 @@ async fn an_index_is_decided_by_its_linux_platforms() {
         one(&resolver, &image, None).await,
         ImageUser::Root { why } if why.contains("linux/arm64") && why.contains("disagree")
     ));
-    assert_eq!(one(&resolver, &image, Some("amd64")).await, ImageUser::Uid(1000));
-    assert!(matches!(one(&resolver, &image, Some("arm64")).await, ImageUser::Root { .. }));
+    assert_eq!(
+        one(&resolver, &image, Some("amd64")).await,
+        ImageUser::Uid(1000)
+    );
+    assert!(matches!(
+        one(&resolver, &image, Some("arm64")).await,
+        ImageUser::Root { .. }
+    ));
     assert!(matches!(
         one(&resolver, &image, Some("s390x")).await,
         ImageUser::Unknown { why } if why.contains("no linux platform for s390x")
@@ -167,7 +231,10 @@ async fn bounds_and_refusals_give_unknown_never_a_hang() {
 
     let with = resolver_for(&registry, credentials, Arc::default());
     let without = resolver_for(&registry, Credentials::default(), Arc::default());
-    assert_eq!(one(&with, &registry.image("kh/private:1"), None).await, ImageUser::Uid(65532));
+    assert_eq!(
+        one(&with, &registry.image("kh/private:1"), None).await,
+        ImageUser::Uid(65532)
+    );
     assert!(matches!(
         one(&without, &registry.image("kh/private:1"), None).await,
         ImageUser::Unknown { .. }
@@ -212,21 +279,32 @@ async fn a_silent_registry_costs_one_budget_and_one_lookup() {
     let elapsed = started.elapsed();
     assert!(elapsed < budget + Duration::from_millis(100), "{elapsed:?}");
     for facts in answers {
-        assert!(matches!(&facts[&image], ImageUser::Unknown { why } if why.contains("budget")), "{facts:?}");
+        assert!(
+            matches!(&facts[&image], ImageUser::Unknown { why } if why.contains("budget")),
+            "{facts:?}"
+        );
     }
     // The lookup goes on in the background and ends at its own timeout.
-    kube_hardener_testkit::eventually("the background lookup to give up", Duration::from_secs(5), || async {
-        match observer.lookups.load(Ordering::SeqCst) {
-            1 => Ok(()),
-            n => Err(format!("{n} lookups finished")),
-        }
-    })
+    kube_hardener_testkit::eventually(
+        "the background lookup to give up",
+        Duration::from_secs(5),
+        || async {
+            match observer.lookups.load(Ordering::SeqCst) {
+                1 => Ok(()),
+                n => Err(format!("{n} lookups finished")),
+            }
+        },
+    )
     .await
     .unwrap();
     // Its failure is remembered for unknown_ttl: the next review is instant.
     let started = Instant::now();
     let facts = resolver.facts(std::slice::from_ref(&image), None).await;
-    assert!(started.elapsed() < Duration::from_millis(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(20),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(&facts[&image], ImageUser::Unknown { .. }));
     held.abort();
 }

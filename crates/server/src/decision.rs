@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 
-use kube_hardener_engine::{Context, Disposition, Outcome, Policy, Setting, WarningKind};
+use kube_hardener_engine::{
+    Context, Disposition, ImageFacts, Outcome, Policy, Setting, WarningKind,
+};
 
 use crate::admission::{self, Answer, Mode, Review, Target};
 use crate::namespaces::Lookup;
@@ -125,6 +127,8 @@ impl Decision {
 pub(crate) struct Prepared {
     target: Target,
     lookup: Option<Lookup>,
+    /// What the object's images run as, when image lookups are on.
+    images: Option<ImageFacts>,
 }
 
 impl State {
@@ -149,7 +153,36 @@ impl State {
         if let Some(lookup) = &lookup {
             self.count_lookup(review, lookup);
         }
-        Ok(Prepared { target, lookup })
+        let images = self.image_facts(review, lookup.as_ref()).await;
+        Ok(Prepared {
+            target,
+            lookup,
+            images,
+        })
+    }
+
+    /// Resolves the images whose user decides `runAsNonRoot`, within the
+    /// configured budget. Nothing to resolve when lookups are off, the
+    /// namespace skips everything or `runAsNonRoot`, or the object is
+    /// malformed (the engine then reports why).
+    async fn image_facts(&self, review: &Review, lookup: Option<&Lookup>) -> Option<ImageFacts> {
+        let resolver = self.images.as_ref()?;
+        let skip = lookup
+            .and_then(Lookup::annotations)
+            .and_then(|annotations| annotations.get(kube_hardener_engine::ANNOTATION_SKIP));
+        if skip.is_some_and(|value| {
+            value
+                .split(',')
+                .map(str::trim)
+                .any(|name| name == "all" || name == Setting::RunAsNonRoot.name())
+        }) {
+            return None;
+        }
+        let query = kube_hardener_engine::image_query(review.object.as_ref()?).ok()?;
+        if query.images.is_empty() {
+            return Some(ImageFacts::new());
+        }
+        Some(resolver.facts(&query.images, query.arch.as_deref()).await)
     }
 }
 
@@ -165,7 +198,7 @@ impl Prepared {
         let ctx = Context {
             namespace: (!review.namespace.is_empty()).then_some(review.namespace.as_str()),
             namespace_annotations: annotations,
-            images: None,
+            images: self.images.as_ref(),
         };
         let computed = match self.target {
             Target::EphemeralContainers => {

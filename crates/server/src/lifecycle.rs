@@ -32,6 +32,8 @@ pub enum ServeError {
     },
     #[error("the {0} server failed: {1}")]
     Server(&'static str, std::io::Error),
+    #[error("image lookups: {0}")]
+    Images(String),
 }
 
 /// Starts a graceful shutdown of a running [`Webhook`]; cheap to clone.
@@ -94,6 +96,18 @@ impl Webhook {
         let shutting_down = Arc::new(AtomicBool::new(false));
         let client_timeout = Duration::from_millis(server.client_timeout_ms);
         let heavy_slots = std::thread::available_parallelism().map_or(1, usize::from);
+        let images = if config.images.resolve {
+            let resolver_config = kube_hardener_images::ResolverConfig::from_config(&config.images)
+                .map_err(|e| ServeError::Images(e.to_string()))?;
+            let observer: Arc<dyn kube_hardener_images::Observer> =
+                Arc::new(metrics.images.clone());
+            Some(
+                kube_hardener_images::Resolver::new(resolver_config, observer)
+                    .map_err(|e| ServeError::Images(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let state = web::Data::new(State {
             policy: config.effective_policy(EntryPoint::Webhook),
             audit: server.audit,
@@ -103,6 +117,7 @@ impl Webhook {
             metrics: Arc::clone(&metrics),
             shutting_down: Arc::clone(&shutting_down),
             heavy_reviews: tokio::sync::Semaphore::new(heavy_slots),
+            images,
         });
 
         let missed_metrics = Arc::clone(&metrics);

@@ -45,6 +45,56 @@ pub(crate) struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ImageLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// Registry lookups take from milliseconds (loopback) to the lookup timeout.
+const LOOKUP_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+
+/// Image answers and lookups, shared with the resolver (an `Observer`).
+#[derive(Debug, Clone)]
+pub(crate) struct ImageMetrics {
+    pub answers: Family<ImageLabels, Counter>,
+    pub lookups: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+}
+
+fn lookup_histogram() -> Histogram {
+    Histogram::new(LOOKUP_BUCKETS)
+}
+
+impl kube_hardener_images::Observer for ImageMetrics {
+    fn answered(
+        &self,
+        source: kube_hardener_images::Source,
+        user: &kube_hardener_engine::ImageUser,
+    ) {
+        self.answers
+            .get_or_create(&ImageLabels {
+                source: source.label(),
+                outcome: kube_hardener_images::outcome_label(user),
+            })
+            .inc();
+    }
+
+    fn looked_up(&self, seconds: f64, user: &kube_hardener_engine::ImageUser) {
+        self.lookups
+            .get_or_create(&OutcomeLabels {
+                outcome: kube_hardener_images::outcome_label(user),
+            })
+            .observe(seconds);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
@@ -58,6 +108,7 @@ pub(crate) struct Metrics {
     pub namespace_cache_size: Gauge,
     pub namespace_synced: Gauge,
     pub namespace_lookups: Family<ResultLabels, Counter>,
+    pub images: ImageMetrics,
 }
 
 impl Metrics {
@@ -135,6 +186,20 @@ impl Metrics {
             "GETs of namespaces missing from the cache, by result",
             namespace_lookups.clone(),
         );
+        let images = ImageMetrics {
+            answers: Family::default(),
+            lookups: Family::new_with_constructor(lookup_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "image_answers",
+            "Images of reviews answered, by where the answer came from (cache, digest, registry, budget) and what the image runs as (uid, named, root, unknown)",
+            images.answers.clone(),
+        );
+        registry.register(
+            "image_lookup_seconds",
+            "Registry lookups of what an image runs as, by result",
+            images.lookups.clone(),
+        );
         registry.register(
             "namespace_watch_errors",
             "Errors of the namespace watch (retried with backoff)",
@@ -152,6 +217,7 @@ impl Metrics {
             namespace_cache_size,
             namespace_synced,
             namespace_lookups,
+            images,
         }
     }
 

@@ -24,4 +24,6 @@ pub(crate) struct State {
     /// Large reviews are computed off the HTTP threads, this many at once,
     /// so that one huge pod cannot hold up the small ones queued behind it.
     pub heavy_reviews: tokio::sync::Semaphore,
+    /// Looks up what images run as (`images.resolve`); `None` when off.
+    pub images: Option<kube_hardener_images::Resolver>,
 }

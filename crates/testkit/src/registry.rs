@@ -35,7 +35,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("host", &self.host).finish()
+        f.debug_struct("Registry")
+            .field("host", &self.host)
+            .finish()
     }
 }
 
@@ -53,7 +55,9 @@ impl Registry {
     fn start(credentials: Option<(String, String)>) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let pki = Pki::new().map_err(|e| format!("test CA: {e}"))?;
-        let (cert, key) = pki.serving("registry").map_err(|e| format!("certificate: {e}"))?;
+        let (cert, key) = pki
+            .serving("registry")
+            .map_err(|e| format!("certificate: {e}"))?;
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -77,7 +81,10 @@ impl Registry {
                 .output()
                 .map_err(|e| format!("running htpasswd (Debian: apache2-utils): {e}"))?;
             if !output.status.success() {
-                return Err(format!("htpasswd failed: {}", String::from_utf8_lossy(&output.stderr)));
+                return Err(format!(
+                    "htpasswd failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ));
             }
             let htpasswd = write("htpasswd", &String::from_utf8_lossy(&output.stdout))?;
             config.push_str(&format!(
@@ -113,7 +120,10 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                return Err(format!("the registry on {} did not listen within 20 s", registry.host));
+                return Err(format!(
+                    "the registry on {} did not listen within 20 s",
+                    registry.host
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -199,7 +209,11 @@ impl Registry {
                 entry.digest.clone(),
             );
             let (raw, _) = client
-                .pull_manifest_raw(&by_digest, &self.auth(), &["application/vnd.oci.image.manifest.v1+json"])
+                .pull_manifest_raw(
+                    &by_digest,
+                    &self.auth(),
+                    &["application/vnd.oci.image.manifest.v1+json"],
+                )
                 .await
                 .map_err(|e| format!("reading back {}: {e}", entry.digest))?;
             entry.size = raw.len() as i64;
@@ -220,16 +234,27 @@ impl Registry {
     }
 
     /// Pushes a raw manifest (to claim sizes a real one would not).
-    pub async fn push_raw_manifest(&self, repository_tag: &str, manifest: &serde_json::Value) -> Result<(), String> {
+    pub async fn push_raw_manifest(
+        &self,
+        repository_tag: &str,
+        manifest: &serde_json::Value,
+    ) -> Result<(), String> {
         let reference: Reference = self
             .image(repository_tag)
             .parse()
             .map_err(|e| format!("{repository_tag}: {e}"))?;
         let client = self.client();
-        client.store_auth_if_needed(reference.resolve_registry(), &self.auth()).await;
-        let content_type = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
         client
-            .push_manifest_raw(&reference, serde_json::to_vec(manifest).map_err(|e| e.to_string())?, content_type)
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth())
+            .await;
+        let content_type =
+            http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
+        client
+            .push_manifest_raw(
+                &reference,
+                serde_json::to_vec(manifest).map_err(|e| e.to_string())?,
+                content_type,
+            )
             .await
             .map_err(|e| format!("pushing manifest {repository_tag}: {e}"))?;
         Ok(())
@@ -243,7 +268,9 @@ impl Registry {
             .map_err(|e| format!("{repository}: {e}"))?;
         let digest = sha256_digest(&data);
         let client = self.client();
-        client.store_auth_if_needed(reference.resolve_registry(), &self.auth()).await;
+        client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth())
+            .await;
         client
             .push_blob(&reference, data, &digest)
             .await
