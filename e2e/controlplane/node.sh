@@ -28,8 +28,8 @@ node_ip_forward=""
 node_preflight() {
     [[ $EUID -eq 0 ]] || die "--node needs root (network interfaces, mounts, cgroups)"
     local tool
-    for tool in containerd containerd-shim-runc-v2 runc ctr ip findmnt flock; do
-        command -v "$tool" >/dev/null 2>&1 || die "--node needs $tool (Debian: containerd runc iproute2 util-linux)"
+    for tool in containerd containerd-shim-runc-v2 runc ctr ip findmnt flock docker-registry curl; do
+        command -v "$tool" >/dev/null 2>&1 || die "--node needs $tool (Debian: containerd runc iproute2 util-linux docker-registry curl)"
     done
     [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] ||
         die "--node needs the CNI plugins in /usr/lib/cni (Debian: containernetworking-plugins)"
@@ -65,6 +65,10 @@ node_certs() {
         openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
             -extfile admin.ext -out "$name.crt" 2>/dev/null
     done
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-hardener-e2e-registry" -keyout registry.key -out registry.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >registry.ext
+    openssl x509 -req -in registry.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile registry.ext -out registry.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=$NODE_NAME" -keyout kubelet.key -out kubelet.csr 2>/dev/null
     printf 'subjectAltName=IP:%s,DNS:%s\nextendedKeyUsage=serverAuth\n' "$NODE_IP" "$NODE_NAME" >kubelet.ext
     openssl x509 -req -in kubelet.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
@@ -189,6 +193,54 @@ EOF
     log "imported $(wc -l <"$state/images.txt") test images"
 }
 
+# A real registry on loopback holding the same test images, so that image
+# lookups (images.resolve) see what the node runs: Debian's docker-registry
+# (distribution 2.8) with TLS from the cluster CA. containerd also knows each
+# image under its registry name, so pods use it with imagePullPolicy: Never.
+node_start_registry() {
+    local port dir="$state/registry" image name
+    port="$(free_port)"
+    mkdir -p "$dir"
+    cat >"$dir/config.yml" <<REGISTRY
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+http:
+  addr: 127.0.0.1:$port
+  tls:
+    certificate: $pki/registry.crt
+    key: $pki/registry.key
+REGISTRY
+    log "starting docker-registry on 127.0.0.1:$port"
+    env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy \
+        docker-registry serve "$dir/config.yml" >"$state/registry.log" 2>&1 &
+    node_pids+=($!)
+    local deadline=$((SECONDS + 20))
+    until curl --silent --max-time 2 --noproxy '*' --cacert "$pki/ca.crt" "https://127.0.0.1:$port/v2/" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || { show_log_tail "$state/registry.log"; die "the registry did not answer within 20 s"; }
+        sleep 0.2
+    done
+    NODE_REGISTRY="127.0.0.1:$port"
+    # ctr speaks plain HTTP to loopback registries unless a hosts.toml says
+    # otherwise.
+    mkdir -p "$dir/hosts/$NODE_REGISTRY"
+    printf 'server = "https://%s"\n\n[host."https://%s"]\n  capabilities = ["pull", "resolve", "push"]\n  ca = "%s"\n' \
+        "$NODE_REGISTRY" "$NODE_REGISTRY" "$pki/ca.crt" >"$dir/hosts/$NODE_REGISTRY/hosts.toml"
+    while read -r image; do
+        name="$NODE_REGISTRY/kh/${image#kh.test/}"
+        ctr --address "$state/containerd/containerd.sock" --namespace k8s.io images tag "$image" "$name" >/dev/null
+        ctr --address "$state/containerd/containerd.sock" --namespace k8s.io images push \
+            --hosts-dir "$dir/hosts" "$name" >>"$state/images-push.log" 2>&1 ||
+            { show_log_tail "$state/images-push.log"; die "pushing $name failed"; }
+    done <"$state/images.txt"
+    log "pushed the test images to $NODE_REGISTRY/kh/"
+}
+
 node_start_controllers() {
     local port
     write_kubeconfig "$pki/controller-manager.kubeconfig" controller-manager
@@ -300,6 +352,7 @@ node_wait_ready() {
 node_up() {
     node_network
     node_start_containerd
+    node_start_registry
     node_start_controllers
     node_start_kubelet
     node_wait_ready

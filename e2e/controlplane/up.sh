@@ -259,6 +259,9 @@ if ((with_node)); then
     node_up
     log "cluster with node ready in ${SECONDS}s"
     export KUBE_HARDENER_E2E_NODE="$NODE_NAME"
+    # The loopback registry with the node's test images, and its CA.
+    export KUBE_HARDENER_E2E_REGISTRY="$NODE_REGISTRY"
+    export KUBE_HARDENER_E2E_REGISTRY_CA="$pki/ca.crt"
 fi
 
 export KUBECONFIG="$kubeconfig"

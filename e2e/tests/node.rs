@@ -36,9 +36,13 @@ struct OnNode {
 
 impl OnNode {
     async fn new(prefix: &str, labels: &[(&str, &str)]) -> Result<Self> {
+        Self::with(prefix, labels, ServerOptions::default()).await
+    }
+
+    async fn with(prefix: &str, labels: &[(&str, &str)], options: ServerOptions) -> Result<Self> {
         node_name()?;
         let client = client().await?;
-        let webhook = LocalWebhook::start(ServerOptions::default()).await?;
+        let webhook = LocalWebhook::start(options).await?;
         let options = NamespaceOptions {
             labels: labels
                 .iter()
@@ -597,5 +601,109 @@ async fn explicit_insecure_choices_are_kept_and_start() -> Result<()> {
         Some("2"),
         "{root_user:?}"
     );
+    Ok(())
+}
+
+/// Where `up.sh --node` pushed the node's test images, and the CA it trusts.
+fn registry() -> Result<(String, String)> {
+    let host = std::env::var("KUBE_HARDENER_E2E_REGISTRY").context(
+        "KUBE_HARDENER_E2E_REGISTRY is not set: run under e2e/controlplane/up.sh --node",
+    )?;
+    let ca = std::env::var("KUBE_HARDENER_E2E_REGISTRY_CA").context(
+        "KUBE_HARDENER_E2E_REGISTRY_CA is not set: run under e2e/controlplane/up.sh --node",
+    )?;
+    Ok((host, ca))
+}
+
+/// A webhook that looks images up in the node's registry.
+fn image_aware(root: &str) -> Result<ServerOptions> {
+    let (_, ca) = registry()?;
+    Ok(ServerOptions {
+        config_toml: format!(
+            "[images]\nresolve = true\nroot = \"{root}\"\nca_file = \"{ca}\"\nbudget_ms = 5000\n"
+        ),
+        ..ServerOptions::default()
+    })
+}
+
+/// The limit proof 4 documents, lifted: with image lookups on, the root and
+/// named-user images the kubelet refused start. Root images run as root
+/// (`images.root = "skip"`, otherwise hardened) or as the configured UID
+/// (`"run-as-user"`); the named user runs as its UID from `/etc/passwd`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_aware_hardening_starts_root_and_named_images() -> Result<()> {
+    let (host, _) = registry()?;
+    let image = |tag: &str| format!("{host}/kh/busybox:{tag}");
+    let skip = OnNode::with("node-images-skip", &[], image_aware("skip")?).await?;
+    let run_as = OnNode::with("node-images-run-as", &[], image_aware("run-as-user")?).await?;
+    let script = probe_script(&["/tmp"], true);
+    // (namespace, pod, image, uid inside, runAsUser stored, runAsNonRoot stored)
+    let cases = [
+        (&skip, "root", image("root"), "0", Value::Null, Value::Null),
+        (&skip, "zero", image("zero"), "0", Value::Null, Value::Null),
+        (
+            &skip,
+            "named",
+            image("named"),
+            "10001",
+            json!(10001),
+            json!(true),
+        ),
+        (
+            &skip,
+            "numeric",
+            image("uid65532"),
+            "65532",
+            Value::Null,
+            json!(true),
+        ),
+        (
+            &run_as,
+            "root",
+            image("root"),
+            "65532",
+            json!(65532),
+            json!(true),
+        ),
+    ];
+    for (on, name, image, _, uid, non_root) in &cases {
+        let stored = to_json(&on.create(probe_pod(name, image, &script)).await?)?;
+        let pod_level = &stored["spec"]["securityContext"]["runAsNonRoot"];
+        let container = &stored["spec"]["containers"][0]["securityContext"];
+        let effective = if pod_level.is_null() {
+            &container["runAsNonRoot"]
+        } else {
+            pod_level
+        };
+        assert_eq!(effective, non_root, "{name} in {}: {stored:#}", on.ns.name);
+        assert_eq!(
+            &container["runAsUser"], uid,
+            "{name} in {}: {stored:#}",
+            on.ns.name
+        );
+        // Everything else is hardened as usual.
+        assert_eq!(container["capabilities"]["drop"], json!(["ALL"]), "{name}");
+        assert_eq!(container["readOnlyRootFilesystem"], json!(true), "{name}");
+    }
+    for (on, name, _, uid, _, _) in &cases {
+        wait_running(&on.pods(), name).await?;
+        let report = probe_report(&wait_for_log(&on.pods(), name, "main").await?);
+        assert_eq!(
+            report.get("uid").map(String::as_str),
+            Some(*uid),
+            "{name}: {report:?}"
+        );
+        assert_eq!(
+            report.get("CapEff").map(String::as_str),
+            Some("0000000000000000"),
+            "{name}: {report:?}"
+        );
+        assert_eq!(
+            report.get("NoNewPrivs").map(String::as_str),
+            Some("1"),
+            "{name}: {report:?}"
+        );
+        assert_root_read_only(&report);
+    }
     Ok(())
 }
