@@ -132,6 +132,8 @@ impl Registry {
 
     /// An oci-client that trusts this registry's CA.
     pub fn client(&self) -> Client {
+        // oci-client's rustls needs a process-wide provider (as in the resolver).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Client::new(ClientConfig {
             extra_root_certificates: vec![oci_client::client::Certificate {
                 encoding: oci_client::client::CertificateEncoding::Pem,

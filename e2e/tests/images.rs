@@ -1,0 +1,75 @@
+//! Image-aware hardening through the real API server: the webhook looks each
+//! image up in a real registry on loopback, and the stored pod shows the
+//! decision for every kind of image user.
+
+use anyhow::{Context, Result};
+use kube::api::PostParams;
+use kube_hardener_e2e::{
+    LocalWebhook, RegisterOptions, Registration, ServerOptions, TestNamespace, client,
+    kubectl_create, pod, to_json, wait_until_hardening,
+};
+use kube_hardener_testkit::registry::{Registry, TestImage};
+use serde_json::{Value, json};
+
+const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
+    let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
+    let files: &[(&str, &[u8])] = &[("etc/passwd", PASSWD)];
+    for (tag, user) in [("root", None), ("zero", Some("0")), ("uid", Some("65532")), ("named", Some("app"))] {
+        registry
+            .push(&format!("kh/app:{tag}"), &TestImage::new(user, files))
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("registry-ca.crt");
+    std::fs::write(&ca, &registry.ca_pem)?;
+    let server = LocalWebhook::start(ServerOptions {
+        config_toml: format!(
+            "[images]\nresolve = true\nca_file = \"{}\"\nbudget_ms = 3000\n",
+            ca.display()
+        ),
+        ..ServerOptions::default()
+    })
+    .await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "images", Default::default()).await?;
+    let _registration =
+        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
+    wait_until_hardening(&ns).await?;
+
+    let containers: Vec<Value> = ["uid", "named", "root", "zero"]
+        .iter()
+        .map(|tag| json!({"name": tag, "image": registry.image(&format!("kh/app:{tag}"))}))
+        .collect();
+    let manifest = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mixed"},
+                          "spec": {"containers": containers}});
+    let (stored, warnings) = kubectl_create(&ns.name, &manifest, false)?;
+    let context = |i: usize| stored["spec"]["containers"][i]["securityContext"].clone();
+    // The root images keep runAsNonRoot off the pod level.
+    assert_eq!(stored["spec"]["securityContext"].get("runAsNonRoot"), None, "{stored:#}");
+    assert_eq!(context(0)["runAsNonRoot"], json!(true), "{stored:#}");
+    assert_eq!(context(0).get("runAsUser"), None);
+    assert_eq!((context(1)["runAsNonRoot"].clone(), context(1)["runAsUser"].clone()), (json!(true), json!(10001)));
+    for root in [2, 3] {
+        assert_eq!(context(root).get("runAsNonRoot"), None, "{stored:#}");
+        assert_eq!(context(root)["allowPrivilegeEscalation"], json!(false));
+    }
+    let applied = stored["metadata"]["annotations"]["kube-hardener.io/applied"]
+        .as_str()
+        .context("no applied annotation")?;
+    assert!(applied.contains("runAsUser"), "{applied}");
+    let joined = warnings.join("\n");
+    assert!(joined.contains("kh/app:root runs as root (USER unset); images.root = skip"), "{joined}");
+    assert!(joined.contains("kh/app:zero runs as root (USER 0)"), "{joined}");
+    assert!(joined.contains("runs as user app, UID 10001"), "{joined}");
+
+    // A pod of only numeric-user images keeps the pod-level value.
+    let numeric = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "numeric"},
+        "spec": {"containers": [{"name": "a", "image": registry.image("kh/app:uid")}]}});
+    let stored = to_json(&ns.pods().create(&PostParams::default(), &pod(numeric)?).await?)?;
+    assert_eq!(stored["spec"]["securityContext"]["runAsNonRoot"], json!(true));
+    Ok(())
+}
