@@ -17,7 +17,12 @@ const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/
 async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
     let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
     let files: &[(&str, &[u8])] = &[("etc/passwd", PASSWD)];
-    for (tag, user) in [("root", None), ("zero", Some("0")), ("uid", Some("65532")), ("named", Some("app"))] {
+    for (tag, user) in [
+        ("root", None),
+        ("zero", Some("0")),
+        ("uid", Some("65532")),
+        ("named", Some("app")),
+    ] {
         registry
             .push(&format!("kh/app:{tag}"), &TestImage::new(user, files))
             .await
@@ -49,10 +54,20 @@ async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
     let (stored, warnings) = kubectl_create(&ns.name, &manifest, false)?;
     let context = |i: usize| stored["spec"]["containers"][i]["securityContext"].clone();
     // The root images keep runAsNonRoot off the pod level.
-    assert_eq!(stored["spec"]["securityContext"].get("runAsNonRoot"), None, "{stored:#}");
+    assert_eq!(
+        stored["spec"]["securityContext"].get("runAsNonRoot"),
+        None,
+        "{stored:#}"
+    );
     assert_eq!(context(0)["runAsNonRoot"], json!(true), "{stored:#}");
     assert_eq!(context(0).get("runAsUser"), None);
-    assert_eq!((context(1)["runAsNonRoot"].clone(), context(1)["runAsUser"].clone()), (json!(true), json!(10001)));
+    assert_eq!(
+        (
+            context(1)["runAsNonRoot"].clone(),
+            context(1)["runAsUser"].clone()
+        ),
+        (json!(true), json!(10001))
+    );
     for root in [2, 3] {
         assert_eq!(context(root).get("runAsNonRoot"), None, "{stored:#}");
         assert_eq!(context(root)["allowPrivilegeEscalation"], json!(false));
@@ -62,14 +77,27 @@ async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
         .context("no applied annotation")?;
     assert!(applied.contains("runAsUser"), "{applied}");
     let joined = warnings.join("\n");
-    assert!(joined.contains("kh/app:root runs as root (USER unset); images.root = skip"), "{joined}");
-    assert!(joined.contains("kh/app:zero runs as root (USER 0)"), "{joined}");
+    assert!(
+        joined.contains("kh/app:root runs as root (USER unset); images.root = skip"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("kh/app:zero runs as root (USER 0)"),
+        "{joined}"
+    );
     assert!(joined.contains("runs as user app, UID 10001"), "{joined}");
 
     // A pod of only numeric-user images keeps the pod-level value.
     let numeric = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "numeric"},
         "spec": {"containers": [{"name": "a", "image": registry.image("kh/app:uid")}]}});
-    let stored = to_json(&ns.pods().create(&PostParams::default(), &pod(numeric)?).await?)?;
-    assert_eq!(stored["spec"]["securityContext"]["runAsNonRoot"], json!(true));
+    let stored = to_json(
+        &ns.pods()
+            .create(&PostParams::default(), &pod(numeric)?)
+            .await?,
+    )?;
+    assert_eq!(
+        stored["spec"]["securityContext"]["runAsNonRoot"],
+        json!(true)
+    );
     Ok(())
 }

@@ -89,6 +89,12 @@ pub struct PreviewArgs {
     #[arg(long)]
     pub exit_code: bool,
 
+    /// Look up what each image runs as in its registry (the configuration's
+    /// `[images]` table), as the webhook does with `images.resolve`. Off by
+    /// default: preview then needs no network.
+    #[arg(long)]
+    pub resolve_images: bool,
+
     /// Colour the diff output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -158,6 +164,8 @@ pub enum PreviewError {
     },
     #[error("{location}: internal error: the computed patch does not apply: {message}")]
     PatchDoesNotApply { location: Location, message: String },
+    #[error("image lookups: {0}")]
+    Images(String),
     #[error("{what}: cannot render: {message}")]
     Render { what: String, message: String },
 }
@@ -183,6 +191,39 @@ pub fn preview_policy(config: &Config) -> Policy {
     config.effective_policy(kube_hardener_config::EntryPoint::Preview)
 }
 
+/// What `images` run as, looked up with the same resolver as the webhook's,
+/// each within `images.budget_ms` (a longer lookup counts as unknown).
+fn resolve_images(
+    images: &[(String, Option<String>)],
+    config: &Config,
+) -> Result<kube_hardener_engine::ImageFacts, PreviewError> {
+    let resolver_config = kube_hardener_images::ResolverConfig::from_config(&config.images)
+        .map_err(|e| PreviewError::Images(e.to_string()))?;
+    let resolver = kube_hardener_images::Resolver::new(
+        resolver_config,
+        std::sync::Arc::new(kube_hardener_images::NoObserver),
+    )
+    .map_err(|e| PreviewError::Images(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PreviewError::Images(format!("cannot start the lookup runtime: {e}")))?;
+    let mut facts = kube_hardener_engine::ImageFacts::new();
+    runtime.block_on(async {
+        // One batch per pinned architecture; unpinned images ask every platform.
+        let mut by_arch: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+        for (image, arch) in images {
+            by_arch.entry(arch.clone()).or_default().push(image.clone());
+        }
+        for (arch, images) in by_arch {
+            for chunk in images.chunks(kube_hardener_images::MAX_IMAGES_PER_REVIEW) {
+                facts.extend(resolver.facts(chunk, arch.as_deref()).await);
+            }
+        }
+    });
+    Ok(facts)
+}
+
 /// Runs the whole preview without touching the process's standard streams.
 pub fn preview(
     args: &PreviewArgs,
@@ -201,6 +242,11 @@ pub fn preview(
         &args.inputs
     };
     let sources = read_inputs(inputs, stdin)?;
+    let images = if args.resolve_images {
+        Some(resolve_images(&stream::images(&sources)?, config)?)
+    } else {
+        None
+    };
     let options = Options {
         default_namespace: args.namespace.clone(),
         namespace_annotations: args
@@ -208,7 +254,7 @@ pub fn preview(
             .iter()
             .cloned()
             .collect::<BTreeMap<_, _>>(),
-        images: None,
+        images,
     };
     let policy = preview_policy(config);
     let namespaces = stream::namespaces(&sources)?;

@@ -93,6 +93,52 @@ fn json_namespaces(source: &Source, namespaces: &mut Namespaces) -> Result<(), P
     })
 }
 
+/// The pre-pass of `--resolve-images`: every image whose user decides
+/// `runAsNonRoot`, with the architecture its pod pins when all of its pods
+/// pin the same one (else `None`: every platform, the cautious answer).
+pub(crate) fn images(sources: &[Source]) -> Result<Vec<(String, Option<String>)>, PreviewError> {
+    let mut pins: std::collections::BTreeMap<String, Option<Option<String>>> =
+        std::collections::BTreeMap::new();
+    let mut collect = |documents: &[Document]| {
+        for document in documents {
+            let items: Vec<&serde_json::Value> = match document.value.get("items") {
+                Some(serde_json::Value::Array(items)) => items.iter().collect(),
+                _ => vec![&document.value],
+            };
+            for item in items {
+                // A malformed object fails later, with its location.
+                let Ok(query) = kube_hardener_engine::image_query(item) else {
+                    continue;
+                };
+                for image in query.images {
+                    let pin = pins
+                        .entry(image)
+                        .or_insert_with(|| Some(query.arch.clone()));
+                    if pin.as_ref().is_some_and(|known| *known != query.arch) {
+                        *pin = Some(None);
+                    }
+                }
+            }
+        }
+    };
+    for source in sources {
+        if input::is_json(source) {
+            each_json_batch(source, &mut |documents| {
+                collect(&documents);
+                Ok(())
+            })?;
+        } else {
+            input::each_yaml_document(&source.text, &source.name, &mut |document| {
+                collect(std::slice::from_ref(&document));
+            })?;
+        }
+    }
+    Ok(pins
+        .into_iter()
+        .map(|(image, pin)| (image, pin.flatten()))
+        .collect())
+}
+
 /// Pass 2 for one source: its documents hardened and rendered into `output`.
 pub(crate) fn render_source(
     source: &Source,
