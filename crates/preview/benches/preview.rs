@@ -71,6 +71,7 @@ fn args(output: Format) -> PreviewArgs {
         namespace_annotations: Vec::new(),
         namespace: "default".to_owned(),
         exit_code: false,
+        resolve_images: false,
         color: ColorChoice::Never,
         inputs: vec!["-".into()],
     }
