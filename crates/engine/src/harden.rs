@@ -12,7 +12,7 @@ use crate::shape::{self, Object};
 use crate::view::{ListKind, PodView};
 use crate::{
     ANNOTATION_APPLIED, ANNOTATION_SKIP, ANNOTATION_WRITABLE_PATHS, Context, Disposition,
-    EngineError, Outcome, Policy, Setting, Warning, WarningKind, writable,
+    EngineError, ImageQuery, Outcome, Policy, Setting, Warning, WarningKind, writable,
 };
 
 /// Everything decided before the rules run.
@@ -187,6 +187,35 @@ pub(crate) fn harden(
     Ok(finish(edits))
 }
 
+pub(crate) fn image_query(
+    object: &Value,
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<ImageQuery, EngineError> {
+    let root = object.as_object().ok_or(EngineError::NotAnObject)?;
+    let mut prepared = match prepare(root, ctx, policy)? {
+        Start::Done(_) => return Ok(ImageQuery::default()),
+        Start::Run(prepared) => prepared,
+    };
+    let arch = match shape::object(prepared.spec, prepared.layout.spec_field, "nodeSelector")? {
+        Some(selector) => selector
+            .get("kubernetes.io/arch")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        None => None,
+    };
+    let mut images = Vec::new();
+    // The same rule input as a hardening run, so the query asks for exactly
+    // the images whose facts the rule would read. Its edits are thrown away.
+    run_rules(object, &mut prepared, policy, None, |rules, _| {
+        images = rules::images_to_resolve(rules)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+    })?;
+    Ok(ImageQuery { images, arch })
+}
+
 fn finish(edits: Edits<'_>) -> Outcome {
     let applied = edits.applied.to_vec();
     Outcome {
@@ -312,6 +341,48 @@ mod tests {
     use serde_json::json;
 
     use crate::rules::test_support::set;
+
+    fn query(object: &Value) -> Result<ImageQuery, EngineError> {
+        image_query(object, &Context::default(), &Policy::default())
+    }
+
+    #[test]
+    fn queries_list_only_images_whose_user_decides() {
+        let pod = serde_json::json!({"kind": "Pod", "spec": {
+        "nodeSelector": {"kubernetes.io/arch": "arm64"},
+        "initContainers": [{"name": "i", "image": "init:1"}],
+        "containers": [
+            {"name": "a", "image": "app:1"},
+            {"name": "b", "image": "app:1"},
+            {"name": "c", "image": "pinned:1", "securityContext": {"runAsUser": 1000}},
+            {"name": "d", "image": "chosen:1", "securityContext": {"runAsNonRoot": false}},
+            {"name": "e"},
+        ]}});
+        assert_eq!(
+            query(&pod),
+            Ok(ImageQuery {
+                images: vec!["app:1".into(), "init:1".into()],
+                arch: Some("arm64".into())
+            })
+        );
+        let pod_uid = serde_json::json!({"kind": "Pod", "spec": {"securityContext": {"runAsUser": 5},
+            "containers": [{"name": "a", "image": "app:1"}]}});
+        assert_eq!(query(&pod_uid), Ok(ImageQuery::default()));
+        let windows = serde_json::json!({"kind": "Pod", "spec": {"os": {"name": "windows"},
+            "containers": [{"name": "a", "image": "app:1"}]}});
+        assert_eq!(query(&windows), Ok(ImageQuery::default()));
+        let deployment = serde_json::json!({"kind": "Deployment", "spec": {"template": {"spec": {
+            "containers": [{"name": "a", "image": "app:2"}]}}}});
+        assert_eq!(
+            query(&deployment).map(|q| q.images),
+            Ok(vec!["app:2".to_owned()])
+        );
+        assert_eq!(
+            query(&serde_json::json!({"kind": "Service"})),
+            Ok(ImageQuery::default())
+        );
+        assert!(query(&serde_json::json!({"kind": "Pod", "spec": {"containers": 3}})).is_err());
+    }
 
     #[test]
     fn applied_value_is_canonical_order_then_unknown_names() {

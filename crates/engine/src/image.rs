@@ -9,12 +9,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-use crate::EngineError;
-use crate::layout::Layout;
-use crate::shape;
-use crate::view::PodView;
 
 /// What one image runs as, learned from its registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,51 +72,14 @@ impl Default for ImagePolicy {
 }
 
 /// The images of an object whose user decides `runAsNonRoot`, and the CPU
-/// architecture the pod pins, if any: what a caller should resolve.
+/// architecture the pod pins, if any: what a caller should resolve
+/// (see [`crate::image_query`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageQuery {
     /// Distinct image references, in the order containers list them.
     pub images: Vec<String>,
     /// `spec.nodeSelector["kubernetes.io/arch"]` of the pod (template).
     pub arch: Option<String>,
-}
-
-/// Lists the images to resolve for `object` (a Pod or a workload): those of
-/// containers with no `runAsUser` of their own or from the pod and no
-/// `runAsNonRoot` of their own, on a Linux pod. Other kinds and Windows pods
-/// need none. Cheap: no patch is built.
-pub fn image_query(object: &Value) -> Result<ImageQuery, EngineError> {
-    let root = object.as_object().ok_or(EngineError::NotAnObject)?;
-    let kind = shape::string(root, "", "kind")?.unwrap_or_default();
-    let Some(layout) = Layout::for_kind(kind) else {
-        return Ok(ImageQuery::default());
-    };
-    let (spec, _) = layout.locate(root)?;
-    let pod = PodView::parse(spec, layout.spec_field)?;
-    if pod.windows {
-        return Ok(ImageQuery::default());
-    }
-    let mut query = ImageQuery::default();
-    for container in &pod.containers {
-        let context = &container.security_context;
-        let decided = context
-            .run_as_user
-            .or(pod.security_context.run_as_user)
-            .is_some()
-            || context.run_as_non_root.is_some();
-        if let (false, Some(image)) = (decided, container.image)
-            && !query.images.iter().any(|known| known == image)
-        {
-            query.images.push(image.to_owned());
-        }
-    }
-    if let Some(selector) = shape::object(spec, layout.spec_field, "nodeSelector")? {
-        query.arch = selector
-            .get("kubernetes.io/arch")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-    }
-    Ok(query)
 }
 
 /// What the `runAsNonRoot` rule does for one container, given its image.
@@ -183,46 +140,6 @@ pub(crate) fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queries_list_only_images_whose_user_decides() {
-        let pod = serde_json::json!({"kind": "Pod", "spec": {
-        "nodeSelector": {"kubernetes.io/arch": "arm64"},
-        "initContainers": [{"name": "i", "image": "init:1"}],
-        "containers": [
-            {"name": "a", "image": "app:1"},
-            {"name": "b", "image": "app:1"},
-            {"name": "c", "image": "pinned:1", "securityContext": {"runAsUser": 1000}},
-            {"name": "d", "image": "chosen:1", "securityContext": {"runAsNonRoot": false}},
-            {"name": "e"},
-        ]}});
-        assert_eq!(
-            image_query(&pod),
-            Ok(ImageQuery {
-                images: vec!["app:1".into(), "init:1".into()],
-                arch: Some("arm64".into())
-            })
-        );
-        let pod_uid = serde_json::json!({"kind": "Pod", "spec": {"securityContext": {"runAsUser": 5},
-            "containers": [{"name": "a", "image": "app:1"}]}});
-        assert_eq!(image_query(&pod_uid), Ok(ImageQuery::default()));
-        let windows = serde_json::json!({"kind": "Pod", "spec": {"os": {"name": "windows"},
-            "containers": [{"name": "a", "image": "app:1"}]}});
-        assert_eq!(image_query(&windows), Ok(ImageQuery::default()));
-        let deployment = serde_json::json!({"kind": "Deployment", "spec": {"template": {"spec": {
-            "containers": [{"name": "a", "image": "app:2"}]}}}});
-        assert_eq!(
-            image_query(&deployment).map(|q| q.images),
-            Ok(vec!["app:2".to_owned()])
-        );
-        assert_eq!(
-            image_query(&serde_json::json!({"kind": "Service"})),
-            Ok(ImageQuery::default())
-        );
-        assert!(
-            image_query(&serde_json::json!({"kind": "Pod", "spec": {"containers": 3}})).is_err()
-        );
-    }
 
     #[test]
     fn every_fact_and_policy_gives_its_decision() {

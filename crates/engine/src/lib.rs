@@ -22,9 +22,7 @@ mod shape;
 mod view;
 mod writable;
 
-pub use image::{
-    ImageFacts, ImagePolicy, ImageQuery, ImageUser, RootImages, UnknownImages, image_query,
-};
+pub use image::{ImageFacts, ImagePolicy, ImageQuery, ImageUser, RootImages, UnknownImages};
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
 pub use policy::Policy;
 pub use setting::{FLAG_KEYS, Row, Setting, SettingSwitches, Switch, TABLE, UnknownSetting};
@@ -77,6 +75,19 @@ pub fn harden(
     policy: &Policy,
 ) -> Result<Outcome, EngineError> {
     harden::harden(object, ctx, policy)
+}
+
+/// The images of `object` whose user decides `runAsNonRoot`, and the CPU
+/// architecture its pod pins, if any: what a caller should resolve into
+/// [`ImageFacts`] before [`harden`]. Decided by the same opt-outs, switches and
+/// tests as the hardening itself, so nothing is asked that would not be used;
+/// cheap (no patch is kept).
+pub fn image_query(
+    object: &serde_json::Value,
+    ctx: &Context<'_>,
+    policy: &Policy,
+) -> Result<ImageQuery, EngineError> {
+    harden::image_query(object, ctx, policy)
 }
 
 /// Computes the patch for an UPDATE of the `pods/ephemeralcontainers`

@@ -242,22 +242,21 @@ pub fn preview(
         &args.inputs
     };
     let sources = read_inputs(inputs, stdin)?;
-    let images = if args.resolve_images {
-        Some(resolve_images(&stream::images(&sources)?, config)?)
-    } else {
-        None
-    };
-    let options = Options {
+    let mut options = Options {
         default_namespace: args.namespace.clone(),
         namespace_annotations: args
             .namespace_annotations
             .iter()
             .cloned()
             .collect::<BTreeMap<_, _>>(),
-        images,
+        images: None,
     };
     let policy = preview_policy(config);
     let namespaces = stream::namespaces(&sources)?;
+    if args.resolve_images {
+        let wanted = stream::images(&sources, &namespaces, &options, &policy)?;
+        options.images = Some(resolve_images(&wanted, config)?);
+    }
     let job = stream::Job {
         namespaces: &namespaces,
         options: &options,

@@ -202,12 +202,7 @@ pub fn evaluate_with(
         let (is_list, metas) = shape(&document)?;
         let mut objects = Vec::with_capacity(metas.len());
         for (meta, value) in metas.into_iter().zip(objects_of(&document.value, is_list)) {
-            let namespace = meta
-                .namespace
-                .unwrap_or_else(|| options.default_namespace.clone());
-            let annotations = namespaces
-                .get(&namespace)
-                .unwrap_or(&options.namespace_annotations);
+            let (namespace, annotations) = namespace_of(meta.namespace, namespaces, options);
             let ctx = Context {
                 namespace: Some(&namespace),
                 namespace_annotations: Some(annotations),
@@ -235,6 +230,46 @@ pub fn evaluate_with(
         });
     }
     Ok(reports)
+}
+
+/// An object's namespace (its own, else `--namespace`) and that namespace's
+/// annotations (from the input's Namespace objects, else
+/// `--namespace-annotation`).
+fn namespace_of<'a>(
+    own: Option<String>,
+    namespaces: &'a Namespaces,
+    options: &'a Options,
+) -> (String, &'a BTreeMap<String, String>) {
+    let namespace = own.unwrap_or_else(|| options.default_namespace.clone());
+    let annotations = namespaces
+        .get(&namespace)
+        .unwrap_or(&options.namespace_annotations);
+    (namespace, annotations)
+}
+
+/// What `--resolve-images` must look up for one document: the engine's image
+/// query of each of its objects, in the context pass 2 will give them.
+pub(crate) fn image_queries(
+    document: &Document,
+    namespaces: &Namespaces,
+    options: &Options,
+    policy: &Policy,
+) -> Result<Vec<kube_hardener_engine::ImageQuery>, PreviewError> {
+    let (is_list, metas) = shape(document)?;
+    let mut queries = Vec::with_capacity(metas.len());
+    for (meta, value) in metas.into_iter().zip(objects_of(&document.value, is_list)) {
+        let (namespace, annotations) = namespace_of(meta.namespace, namespaces, options);
+        let ctx = Context {
+            namespace: Some(&namespace),
+            namespace_annotations: Some(annotations),
+            images: None,
+        };
+        // A malformed object fails in pass 2, with its location.
+        if let Ok(query) = kube_hardener_engine::image_query(value, &ctx, policy) {
+            queries.push(query);
+        }
+    }
+    Ok(queries)
 }
 
 /// The objects of a document: itself, or the items of a List.

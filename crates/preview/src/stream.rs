@@ -21,7 +21,7 @@ use kube_hardener_engine::Policy;
 
 use crate::PreviewError;
 use crate::input::{self, Document, PIECE_BYTES, Source};
-use crate::process::{Namespaces, Options, collect_namespaces, evaluate_with};
+use crate::process::{Namespaces, Options, collect_namespaces, evaluate_with, image_queries};
 use crate::render::{Format, Output, Part, render_part};
 use crate::threads::{parallel, parallel_owned, threads};
 
@@ -94,49 +94,46 @@ fn json_namespaces(source: &Source, namespaces: &mut Namespaces) -> Result<(), P
 }
 
 /// The pre-pass of `--resolve-images`: every image whose user decides
-/// `runAsNonRoot`, with the architecture its pod pins when all of its pods
-/// pin the same one (else `None`: every platform, the cautious answer).
-pub(crate) fn images(sources: &[Source]) -> Result<Vec<(String, Option<String>)>, PreviewError> {
-    let mut pins: std::collections::BTreeMap<String, Option<Option<String>>> =
+/// `runAsNonRoot`, as the engine asks for it with the same namespace context as
+/// pass 2, with the architecture its pods pin when all of them pin the same
+/// one (else `None`: every platform, the cautious answer).
+pub(crate) fn images(
+    sources: &[Source],
+    namespaces: &Namespaces,
+    options: &Options,
+    policy: &Policy,
+) -> Result<Vec<(String, Option<String>)>, PreviewError> {
+    let mut pins: std::collections::BTreeMap<String, Option<String>> =
         std::collections::BTreeMap::new();
-    let mut collect = |documents: &[Document]| {
-        for document in documents {
-            let items: Vec<&serde_json::Value> = match document.value.get("items") {
-                Some(serde_json::Value::Array(items)) => items.iter().collect(),
-                _ => vec![&document.value],
-            };
-            for item in items {
-                // A malformed object fails later, with its location.
-                let Ok(query) = kube_hardener_engine::image_query(item) else {
-                    continue;
-                };
-                for image in query.images {
-                    let pin = pins
-                        .entry(image)
-                        .or_insert_with(|| Some(query.arch.clone()));
-                    if pin.as_ref().is_some_and(|known| *known != query.arch) {
-                        *pin = Some(None);
-                    }
+    let mut collect = |document: &Document| -> Result<(), PreviewError> {
+        for query in image_queries(document, namespaces, options, policy)? {
+            for image in query.images {
+                let pin = pins.entry(image).or_insert_with(|| query.arch.clone());
+                if *pin != query.arch {
+                    *pin = None;
                 }
             }
         }
+        Ok(())
     };
     for source in sources {
         if input::is_json(source) {
             each_json_batch(source, &mut |documents| {
-                collect(&documents);
-                Ok(())
+                documents.iter().try_for_each(&mut collect)
             })?;
         } else {
+            let mut failed = None;
             input::each_yaml_document(&source.text, &source.name, &mut |document| {
-                collect(std::slice::from_ref(&document));
+                if failed.is_none() {
+                    failed = collect(&document).err();
+                }
             })?;
+            if let Some(error) = failed {
+                return Err(error);
+            }
         }
     }
-    Ok(pins
-        .into_iter()
-        .map(|(image, pin)| (image, pin.flatten()))
-        .collect())
+    Ok(pins.into_iter().collect())
 }
 
 /// Pass 2 for one source: its documents hardened and rendered into `output`.

@@ -162,23 +162,17 @@ impl State {
     }
 
     /// Resolves the images whose user decides `runAsNonRoot`, within the
-    /// configured budget. Nothing to resolve when lookups are off, the
-    /// namespace skips everything or `runAsNonRoot`, or the object is
-    /// malformed (the engine then reports why).
+    /// configured budget. The engine says which (none for an excluded or
+    /// opted-out namespace, a switched-off setting, a malformed object).
     async fn image_facts(&self, review: &Review, lookup: Option<&Lookup>) -> Option<ImageFacts> {
         let resolver = self.images.as_ref()?;
-        let skip = lookup
-            .and_then(Lookup::annotations)
-            .and_then(|annotations| annotations.get(kube_hardener_engine::ANNOTATION_SKIP));
-        if skip.is_some_and(|value| {
-            value
-                .split(',')
-                .map(str::trim)
-                .any(|name| name == "all" || name == Setting::RunAsNonRoot.name())
-        }) {
-            return None;
-        }
-        let query = kube_hardener_engine::image_query(review.object.as_ref()?).ok()?;
+        let ctx = Context {
+            namespace: (!review.namespace.is_empty()).then_some(review.namespace.as_str()),
+            namespace_annotations: lookup.and_then(Lookup::annotations),
+            images: None,
+        };
+        let query =
+            kube_hardener_engine::image_query(review.object.as_ref()?, &ctx, &self.policy).ok()?;
         if query.images.is_empty() {
             return Some(ImageFacts::new());
         }

@@ -147,6 +147,12 @@ pub(crate) fn harden_pod<'v>(rules: &RuleInput<'_, 'v>, edits: &mut Edits<'v>) {
     }
 }
 
+/// The images whose user decides `runAsNonRoot` for this pod (what a caller
+/// should resolve into `ImageFacts`), by the same tests the rule applies.
+pub(crate) fn images_to_resolve<'v>(rules: &RuleInput<'_, 'v>) -> Vec<&'v str> {
+    run_as_non_root::images_to_resolve(rules, identity::uid_to_inject(rules))
+}
+
 /// Hardens the ephemeral containers of `new_names` in an existing pod, whose
 /// spec is otherwise immutable: container-level fields only.
 pub(crate) fn harden_new_ephemeral<'v>(

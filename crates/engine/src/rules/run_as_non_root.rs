@@ -65,11 +65,7 @@ fn image_decision(
     container: &ContainerView<'_>,
     pod: PodUser<'_>,
 ) -> ImageDecision {
-    let context = &container.security_context;
-    if rules.pod.windows
-        || context.run_as_user.or(pod.uid).is_some()
-        || context.run_as_non_root.is_some()
-    {
+    if !user_from_image(rules, container, pod) {
         return ImageDecision::Inject;
     }
     match decide(container.image, rules.images, &rules.policy.images) {
@@ -80,6 +76,46 @@ fn image_decision(
         }
         decision => decision,
     }
+}
+
+/// Whether the container's user is left to its image: the one test both for
+/// what to resolve ([`images_to_resolve`]) and for what the facts decide.
+fn user_from_image(
+    rules: &RuleInput<'_, '_>,
+    container: &ContainerView<'_>,
+    pod: PodUser<'_>,
+) -> bool {
+    let context = &container.security_context;
+    !(rules.pod.windows
+        || context.run_as_user.or(pod.uid).is_some()
+        || context.run_as_non_root.is_some())
+}
+
+/// The distinct images whose user would decide `runAsNonRoot` in this pod,
+/// in container order: none when the setting is off or skipped, or the pod
+/// sets `runAsNonRoot: false` itself.
+pub(super) fn images_to_resolve<'v>(
+    rules: &RuleInput<'_, 'v>,
+    injected_uid: Option<i64>,
+) -> Vec<&'v str> {
+    if !rules.enabled(Setting::RunAsNonRoot)
+        || rules.pod.security_context.run_as_non_root == Some(false)
+    {
+        return Vec::new();
+    }
+    let pod_user = PodUser {
+        uid: rules.pod.security_context.run_as_user.or(injected_uid),
+        user_name: rules.pod.security_context.run_as_user_name,
+    };
+    let mut images: Vec<&'v str> = Vec::new();
+    for container in &rules.pod.containers {
+        if let (true, Some(image)) = (user_from_image(rules, container, pod_user), container.image)
+            && !images.contains(&image)
+        {
+            images.push(image);
+        }
+    }
+    images
 }
 
 /// Carries out the parts of an image decision that do not depend on where
