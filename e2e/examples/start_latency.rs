@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube_hardener_e2e::node::{busybox, node_name};
-use kube_hardener_e2e::stats::{ms, summarize};
+use kube_hardener_e2e::stats::{count_arg, interleaved, summarize, table};
 use kube_hardener_e2e::{
     LocalWebhook, RegisterOptions, Registration, ServerOptions, TestNamespace, applied_annotation,
     client, pod, wait_until_hardening,
@@ -65,16 +65,7 @@ async fn timed_start(api: &Api<Pod>, name: &str, expect_hardened: bool) -> Resul
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let pods: usize = match std::env::args().nth(1) {
-        Some(arg) => arg
-            .parse()
-            .with_context(|| format!("PODS `{arg}` is not a number"))?,
-        None => 100,
-    };
-    ensure!(
-        (1..=1000).contains(&pods),
-        "PODS must be between 1 and 1000"
-    );
+    let pods = count_arg("PODS", 100, 1..=1000)?;
     std::env::var_os("KUBE_HARDENER_BIN")
         .context("set KUBE_HARDENER_BIN to a release build (scripts/bench-node.sh does)")?;
     let node = node_name()?;
@@ -101,36 +92,19 @@ async fn main() -> Result<()> {
         ("not registered", plain.pods(), false),
         ("registered, pod hardened", hardened.pods(), true),
     ];
-    for i in 0..WARM_UP {
-        for (_, api, hardens) in &arms {
-            timed_start(api, &format!("warm-{i}"), *hardens).await?;
-        }
-    }
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(pods); arms.len()];
-    for i in 0..pods {
-        for k in 0..arms.len() {
-            let arm = (i + k) % arms.len();
-            let (_, api, hardens) = &arms[arm];
-            samples[arm].push(timed_start(api, &format!("pod-{i}"), *hardens).await?);
-        }
-    }
+    let mut samples = interleaved(arms.len(), WARM_UP, pods, async |arm, name| {
+        let (_, api, hardens) = &arms[arm];
+        timed_start(api, &name, *hardens).await
+    })
+    .await?;
 
     let summaries: Vec<_> = samples.iter_mut().map(|s| summarize(s)).collect();
     println!(
         "pod create-to-Running latency on node {node}, {pods} pods per arm (after {WARM_UP} warm-up), milliseconds"
     );
     println!();
-    println!("| webhook | median | p90 | p99 | mean |");
-    println!("|---|---|---|---|---|");
-    for ((label, _, _), s) in arms.iter().zip(&summaries) {
-        println!(
-            "| {label} | {} | {} | {} | {} |",
-            ms(s.median),
-            ms(s.p90),
-            ms(s.p99),
-            ms(s.mean)
-        );
-    }
+    let labels: Vec<&str> = arms.iter().map(|(label, _, _)| *label).collect();
+    print!("{}", table(&labels, &summaries));
     let (without, with) = (summaries[0], summaries[1]);
     println!();
     println!(

@@ -8,10 +8,8 @@ use kube_hardener_e2e::{
     LocalWebhook, RegisterOptions, Registration, ServerOptions, TestNamespace, client,
     kubectl_create, pod, to_json, wait_until_hardening,
 };
-use kube_hardener_testkit::registry::{Registry, TestImage};
+use kube_hardener_testkit::registry::{PASSWD, Registry, TestImage};
 use serde_json::{Value, json};
-
-const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stored_pod_shows_each_images_decision() -> Result<()> {

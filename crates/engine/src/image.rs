@@ -137,32 +137,39 @@ pub(crate) fn decide(
     }
 }
 
+/// Image facts for the engine's tests: `num` (UID 1000), `named` (`app`,
+/// 10001), `root` (USER unset) and `gone` (unknown, 404).
+#[cfg(test)]
+pub(crate) fn test_facts() -> ImageFacts {
+    [
+        ("num", ImageUser::Uid(1000)),
+        (
+            "named",
+            ImageUser::Named {
+                name: "app".into(),
+                uid: 10001,
+            },
+        ),
+        (
+            "root",
+            ImageUser::Root {
+                why: "USER unset".into(),
+            },
+        ),
+        ("gone", ImageUser::Unknown { why: "404".into() }),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_fact_and_policy_gives_its_decision() {
-        let facts: ImageFacts = [
-            ("num", ImageUser::Uid(1000)),
-            (
-                "named",
-                ImageUser::Named {
-                    name: "app".into(),
-                    uid: 10001,
-                },
-            ),
-            (
-                "root",
-                ImageUser::Root {
-                    why: "USER unset".into(),
-                },
-            ),
-            ("gone", ImageUser::Unknown { why: "404".into() }),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let facts = test_facts();
         let skip_unknown = ImagePolicy {
             unknown: UnknownImages::Skip,
             ..ImagePolicy::default()

@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use kube_hardener_engine::{Context, ImageFacts, Policy, harden};
 use kube_hardener_images::{NoObserver, Resolver, ResolverConfig};
-use kube_hardener_testkit::registry::{Registry, TestImage};
+use kube_hardener_testkit::registry::{PASSWD, Registry, SilentRegistry, TestImage};
 use serde_json::json;
-
-const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\n";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -130,16 +128,8 @@ fn bench(c: &mut Criterion) {
 
     // A registry that accepts connections and never answers: each review
     // waits the budget (100 ms here), and the cache then answers at once.
-    let silent = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let host = silent.local_addr().unwrap().to_string();
-    let _held = rt.spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            open.push(socket);
-        }
-    });
+    let silent = rt.block_on(SilentRegistry::start()).unwrap();
+    let host = silent.host.clone();
     let mut group = c.benchmark_group("image_lookup_silent_registry");
     group.sample_size(10);
     let mut n = 0u64;

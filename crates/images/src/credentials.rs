@@ -57,17 +57,10 @@ impl Credentials {
     /// Reads a `dockerconfigjson` file.
     pub fn from_file(path: &Path) -> Result<Self, CredentialsError> {
         let shown = path.display().to_string();
-        let file_error = |reason: String| CredentialsError::File {
+        let text = read_bounded(path, MAX_FILE_BYTES).map_err(|reason| CredentialsError::File {
             path: shown.clone(),
             reason,
-        };
-        let size = std::fs::metadata(path)
-            .map_err(|e| file_error(e.to_string()))?
-            .len();
-        if size > MAX_FILE_BYTES {
-            return Err(file_error(format!("larger than {MAX_FILE_BYTES} bytes")));
-        }
-        let text = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+        })?;
         Self::from_json(&text, &shown)
     }
 
@@ -117,6 +110,23 @@ impl Credentials {
             .get(registry)
             .map(|(u, p)| (u.as_str(), p.as_str()))
     }
+}
+
+/// The whole of a small file the operator mounts (credentials, a CA), refusing
+/// one larger than `max` bytes; the error is the reason, for the caller to
+/// name the file and key.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    // One byte past the bound tells "too large" from "exactly the bound".
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// `https://index.docker.io/v1/` and `docker.io` are one registry; keys may

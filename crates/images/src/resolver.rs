@@ -15,7 +15,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio::sync::Semaphore;
 
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, read_bounded};
 use crate::layers::{PasswdInLayer, find_passwd, is_gzip};
 use crate::user::{ConfigUser, clip, merge_platforms, parse_config_user, resolve_name};
 
@@ -45,22 +45,13 @@ pub struct ResolverConfig {
 }
 
 impl Default for ResolverConfig {
+    /// The embedded configuration's `[images]` defaults, without files.
     fn default() -> Self {
-        ResolverConfig {
-            budget: Duration::from_secs(2),
-            lookup_timeout: Duration::from_secs(30),
-            tag_ttl: Duration::from_secs(300),
-            unknown_ttl: Duration::from_secs(30),
-            cache_entries: 10_000,
-            concurrent_lookups: 4,
-            max_config_bytes: 4 << 20,
-            max_layer_bytes: 64 << 20,
-            max_unpacked_bytes: 256 << 20,
-            max_layers: 16,
-            credentials: Credentials::default(),
-            extra_roots_pem: Vec::new(),
-            plain_http: Vec::new(),
-        }
+        Self::with(
+            &kube_hardener_config::ImagesConfig::default(),
+            Credentials::default(),
+            Vec::new(),
+        )
     }
 }
 
@@ -170,19 +161,21 @@ impl ResolverConfig {
                 path: path.display().to_string(),
                 reason,
             };
-            let size = std::fs::metadata(path)
-                .map_err(|e| error(e.to_string()))?
-                .len();
-            if size > MAX_CA_FILE_BYTES {
-                return Err(error(format!("larger than {MAX_CA_FILE_BYTES} bytes")));
-            }
-            let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+            let pem = read_bounded(path, MAX_CA_FILE_BYTES).map_err(error)?;
             if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
                 return Err(error("holds no PEM certificate".to_owned()));
             }
             extra_roots_pem.push(pem);
         }
-        Ok(ResolverConfig {
+        Ok(Self::with(images, credentials, extra_roots_pem))
+    }
+
+    fn with(
+        images: &kube_hardener_config::ImagesConfig,
+        credentials: Credentials,
+        extra_roots_pem: Vec<Vec<u8>>,
+    ) -> Self {
+        ResolverConfig {
             budget: Duration::from_millis(images.budget_ms),
             lookup_timeout: Duration::from_millis(images.lookup_timeout_ms),
             tag_ttl: Duration::from_secs(images.tag_ttl_seconds),
@@ -196,7 +189,7 @@ impl ResolverConfig {
             credentials,
             extra_roots_pem,
             plain_http: Vec::new(),
-        })
+        }
     }
 }
 

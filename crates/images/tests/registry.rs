@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use kube_hardener_engine::ImageUser;
 use kube_hardener_images::{Credentials, Observer, Resolver, ResolverConfig, Source};
-use kube_hardener_testkit::registry::{Registry, TestImage, layer, sha256_digest};
+use kube_hardener_testkit::registry::{
+    PASSWD, Registry, SilentRegistry, TestImage, layer, sha256_digest,
+};
 use serde_json::json;
-
-const PASSWD: &[u8] =
-    b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\nzero:x:0:0::/:/bin/sh\n";
 
 #[derive(Debug, Default)]
 struct Counting {
@@ -251,15 +250,8 @@ async fn bounds_and_refusals_give_unknown_never_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_registry_costs_one_budget_and_one_lookup() {
-    // Accepts connections and never answers: the worst registry there is.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            open.push(socket);
-        }
-    });
+    let silent = SilentRegistry::start().await.unwrap();
+    let host = silent.host.clone();
     let observer = Arc::new(Counting::default());
     let budget = Duration::from_millis(250);
     let resolver = Resolver::new(
@@ -306,5 +298,4 @@ async fn a_silent_registry_costs_one_budget_and_one_lookup() {
         started.elapsed()
     );
     assert!(matches!(&facts[&image], ImageUser::Unknown { .. }));
-    held.abort();
 }

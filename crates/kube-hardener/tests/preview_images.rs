@@ -2,10 +2,8 @@
 //! loopback: the same decisions as the webhook's, and none without the flag.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use kube_hardener_testkit::registry::{Registry, TestImage};
+use kube_hardener_testkit::registry::{PASSWD, Registry, TestImage};
 use serde_json::{Value, json};
-
-const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\n";
 
 /// The hardened pod (`-o yaml`) and stderr.
 fn preview(args: &[&str], dir: &std::path::Path) -> Value {

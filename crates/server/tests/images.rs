@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use kube_hardener_config::{RootImages, UnknownImages};
 use kube_hardener_testkit::pod_create_review;
-use kube_hardener_testkit::registry::{Registry, TestImage};
+use kube_hardener_testkit::registry::{PASSWD, Registry, SilentRegistry, TestImage};
 use serde_json::{Value, json};
 use support::{Setup, metric_value};
-
-const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\n";
 
 async fn registry_with_images() -> Registry {
     let registry = Registry::anonymous().unwrap();
@@ -191,14 +189,8 @@ async fn run_as_user_and_skip_unknown_change_only_their_cases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_registry_costs_at_most_the_budget() {
     // A registry address nothing listens on, and one that never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_host = silent.local_addr().unwrap().to_string();
-    let _held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            open.push(socket);
-        }
-    });
+    let silent = SilentRegistry::start().await.unwrap();
+    let silent_host = silent.host.clone();
     let mut setup = Setup::new();
     setup.config.images.resolve = true;
     setup.config.images.budget_ms = 300;

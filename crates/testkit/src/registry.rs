@@ -14,6 +14,46 @@ use oci_client::{Client, Reference};
 
 use crate::Pki;
 
+/// The `/etc/passwd` of the test images: root, `app` (UID 10001), and `zero`
+/// (another name for UID 0).
+pub const PASSWD: &[u8] =
+    b"root:x:0:0:root:/root:/bin/sh\napp:x:10001:10001::/app:/bin/sh\nzero:x:0:0::/:/bin/sh\n";
+
+/// A "registry" on loopback that accepts connections and never answers: the
+/// worst registry there is. Stops accepting when dropped.
+#[derive(Debug)]
+pub struct SilentRegistry {
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentRegistry {
+    /// Starts it on the current tokio runtime.
+    pub async fn start() -> Result<Self, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("binding a loopback port: {e}"))?;
+        let host = listener
+            .local_addr()
+            .map_err(|e| format!("the silent registry's address: {e}"))?
+            .to_string();
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        Ok(SilentRegistry { host, task })
+    }
+}
+
+impl Drop for SilentRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The registry binary: `KUBE_HARDENER_REGISTRY_BIN`, else Debian's.
 fn registry_bin() -> PathBuf {
     std::env::var_os("KUBE_HARDENER_REGISTRY_BIN")

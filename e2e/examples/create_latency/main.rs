@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
-use kube_hardener_e2e::stats::{Summary, ms, summarize};
+use kube_hardener_e2e::stats::{Summary, count_arg, interleaved, ms, summarize, table};
 use kube_hardener_e2e::{
     GROUP_LABEL, LocalWebhook, NamespaceOptions, PlainAndSkipped, RegisterOptions, Registration,
     ServerOptions, Target, TestNamespace, applied_annotation, client, eventually, plain_pod, pod,
@@ -42,13 +42,7 @@ async fn timed_create(api: &Api<Pod>, name: &str, expect_hardened: bool) -> Resu
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let creates: usize = match std::env::args().nth(1) {
-        Some(arg) => arg
-            .parse()
-            .with_context(|| format!("CREATES `{arg}` is not a number"))?,
-        None => 1000,
-    };
-    ensure!(creates >= 1, "CREATES must be at least 1");
+    let creates = count_arg("CREATES", 1000, 1..=usize::MAX)?;
     std::env::var_os("KUBE_HARDENER_BIN")
         .context("set KUBE_HARDENER_BIN to a release build (scripts/bench-e2e.sh does)")?;
 
@@ -101,36 +95,17 @@ async fn main() -> Result<()> {
         ),
     ];
 
-    for i in 0..WARM_UP {
-        for (_, api, hardens) in &arms {
-            timed_create(api, &format!("warm-{i}"), *hardens).await?;
-        }
-    }
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(creates); arms.len()];
-    for i in 0..creates {
-        // Rotate which arm goes first, so none always follows another.
-        let name = format!("pod-{i}");
-        for k in 0..arms.len() {
-            let arm = (i + k) % arms.len();
-            let (_, api, hardens) = &arms[arm];
-            samples[arm].push(timed_create(api, &name, *hardens).await?);
-        }
-    }
+    let mut samples = interleaved(arms.len(), WARM_UP, creates, async |arm, name| {
+        let (_, api, hardens) = &arms[arm];
+        timed_create(api, &name, *hardens).await
+    })
+    .await?;
 
     let summaries: Vec<Summary> = samples.iter_mut().map(|s| summarize(s)).collect();
     println!("pod CREATE latency, {creates} creates each (after {WARM_UP} warm-up), milliseconds");
     println!();
-    println!("| webhook | median | p90 | p99 | mean |");
-    println!("|---|---|---|---|---|");
-    for ((label, _, _), s) in arms.iter().zip(&summaries) {
-        println!(
-            "| {label} | {} | {} | {} | {} |",
-            ms(s.median),
-            ms(s.p90),
-            ms(s.p99),
-            ms(s.mean)
-        );
-    }
+    let labels: Vec<&str> = arms.iter().map(|(label, _, _)| *label).collect();
+    print!("{}", table(&labels, &summaries));
     let (without, called, with, floor) =
         (&summaries[0], &summaries[1], &summaries[2], &summaries[3]);
     println!();

@@ -645,42 +645,18 @@ mod tests {
         }
     }
 
-    /// Image facts for the table below.
-    fn facts() -> crate::ImageFacts {
-        use crate::ImageUser;
-        [
-            ("num", ImageUser::Uid(1000)),
-            (
-                "named",
-                ImageUser::Named {
-                    name: "app".into(),
-                    uid: 10001,
-                },
-            ),
-            (
-                "root",
-                ImageUser::Root {
-                    why: "USER unset".into(),
-                },
-            ),
-            (
-                "gone",
-                ImageUser::Unknown {
-                    why: "registry unreachable".into(),
-                },
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-
     fn images_run(spec: Value, images: crate::ImagePolicy) -> Run {
         let policy = Policy {
             images,
             ..only(Setting::RunAsNonRoot)
         };
-        run_with_images(spec, &policy, SettingSet::default(), None, Some(&facts()))
+        run_with_images(
+            spec,
+            &policy,
+            SettingSet::default(),
+            None,
+            Some(&crate::image::test_facts()),
+        )
     }
 
     #[test]
@@ -851,7 +827,7 @@ mod tests {
             &policy,
             set(&[Setting::RunAsUser]),
             None,
-            Some(&facts()),
+            Some(&crate::image::test_facts()),
         );
         assert_eq!(run.output["securityContext"]["runAsNonRoot"], Value::Null);
         assert_eq!(run.output["containers"][0].get("securityContext"), None);
