@@ -241,35 +241,33 @@ REGISTRY
     log "pushed the test images to $NODE_REGISTRY/kh/"
 }
 
-node_start_controllers() {
-    local port
-    write_kubeconfig "$pki/controller-manager.kubeconfig" controller-manager
-    write_kubeconfig "$pki/scheduler.kubeconfig" scheduler
+# start_component BINARY NAME ARGS...: a control-plane component with the
+# kubeconfig of client certificate NAME, serving on a free loopback port, no
+# leader election (there is one of each), plus ARGS.
+start_component() {
+    local binary="$1" name="$2" port
+    shift 2
+    write_kubeconfig "$pki/$name.kubeconfig" "$name"
     port="$(free_port)"
-    log "starting kube-controller-manager on 127.0.0.1:$port"
-    "$CONTROLPLANE_DIR/kube-controller-manager" \
-        --kubeconfig="$pki/controller-manager.kubeconfig" \
-        --authentication-kubeconfig="$pki/controller-manager.kubeconfig" \
-        --authorization-kubeconfig="$pki/controller-manager.kubeconfig" \
+    log "starting $binary on 127.0.0.1:$port"
+    "$CONTROLPLANE_DIR/$binary" \
+        --kubeconfig="$pki/$name.kubeconfig" \
+        --authentication-kubeconfig="$pki/$name.kubeconfig" \
+        --authorization-kubeconfig="$pki/$name.kubeconfig" \
         --bind-address=127.0.0.1 --secure-port="$port" \
-        --cert-dir="$state/controller-manager" \
+        --cert-dir="$state/$name" \
         --leader-elect=false \
+        "$@" \
+        --v=1 >"$state/$binary.log" 2>&1 &
+    node_pids+=($!)
+}
+
+node_start_controllers() {
+    start_component kube-controller-manager controller-manager \
         --use-service-account-credentials=true \
         --service-account-private-key-file="$pki/sa.key" \
-        --root-ca-file="$pki/ca.crt" \
-        --v=1 >"$state/kube-controller-manager.log" 2>&1 &
-    node_pids+=($!)
-    port="$(free_port)"
-    log "starting kube-scheduler on 127.0.0.1:$port"
-    "$CONTROLPLANE_DIR/kube-scheduler" \
-        --kubeconfig="$pki/scheduler.kubeconfig" \
-        --authentication-kubeconfig="$pki/scheduler.kubeconfig" \
-        --authorization-kubeconfig="$pki/scheduler.kubeconfig" \
-        --bind-address=127.0.0.1 --secure-port="$port" \
-        --cert-dir="$state/scheduler" \
-        --leader-elect=false \
-        --v=1 >"$state/kube-scheduler.log" 2>&1 &
-    node_pids+=($!)
+        --root-ca-file="$pki/ca.crt"
+    start_component kube-scheduler scheduler
 }
 
 node_start_kubelet() {
@@ -358,17 +356,6 @@ node_up() {
     node_wait_ready
 }
 
-# stop_pid PID: TERM, up to 5 s, then KILL.
-stop_pid() {
-    kill -TERM "$1" 2>/dev/null || return 0
-    for _ in $(seq 1 50); do
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
-
 node_delete_links() {
     local link
     # Host ends of pod veths whose namespaces outlived their pods.
@@ -376,11 +363,6 @@ node_delete_links() {
         ip link delete "$link" 2>/dev/null || true
     done
     ip link delete "$POD_BRIDGE" 2>/dev/null || true
-}
-
-# Mount points under $1, deepest first (mountinfo escapes spaces as \040).
-mounts_under() {
-    awk -v prefix="$1/" 'index($5, prefix) == 1 { print $5 }' /proc/self/mountinfo | sort -r -u
 }
 
 node_teardown() {

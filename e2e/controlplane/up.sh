@@ -57,16 +57,9 @@ teardown() {
     ((with_node)) && node_teardown
     # The API server first, then its etcd. The state is thrown away, so a
     # process still draining after 3 s is killed rather than waited for.
-    local i pid
+    local i
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        pid="${pids[$i]}"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        stop_pid "${pids[$i]}" 30
     done
     if [[ -n "$(mounts_under "$state")" ]]; then
         # Deleting through a mount would delete what it shows; leave it to a human.
@@ -97,6 +90,23 @@ free_port() {
         fi
     done
     die "no free loopback port found"
+}
+
+# stop_pid PID [TENTHS]: TERM, up to TENTHS tenths of a second (default 50),
+# then KILL.
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || return 0
+    for _ in $(seq 1 "${2:-50}"); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# Mount points under $1, deepest first (mountinfo escapes spaces as \040).
+mounts_under() {
+    awk -v prefix="$1/" 'index($5, prefix) == 1 { print $5 }' /proc/self/mountinfo | sort -r -u
 }
 
 show_log_tail() {
