@@ -26,7 +26,10 @@ pub use image::{ImageFacts, ImagePolicy, ImageQuery, ImageUser, RootImages, Unkn
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
 pub use policy::Policy;
 pub use setting::{FLAG_KEYS, Row, Setting, SettingSwitches, Switch, TABLE, UnknownSetting};
-pub use writable::{MAX_WRITABLE_PATHS, check_writable_path, is_dns_label};
+pub use writable::{
+    MAX_LABEL, MAX_WRITABLE_PATHS, RUNTIME_MANAGED, SAFE_BELOW_RUNTIME_MANAGED,
+    base_name as volume_base_name, check_writable_path, is_dns_label,
+};
 
 use std::collections::BTreeMap;
 

@@ -35,8 +35,9 @@ pub const MAX_WRITABLE_PATHS: usize = 16;
 /// Directories the kubelet and runc set up themselves: an emptyDir over them
 /// fails the container or hides what it needs. Paths below them are refused
 /// too, except these.
-const RUNTIME_MANAGED: [&str; 3] = ["/proc", "/sys", "/dev"];
-const SAFE_BELOW_RUNTIME_MANAGED: [&str; 1] = ["/dev/shm"];
+pub const RUNTIME_MANAGED: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// Paths below [`RUNTIME_MANAGED`] that may still be writable paths.
+pub const SAFE_BELOW_RUNTIME_MANAGED: [&str; 1] = ["/dev/shm"];
 
 /// The one rule for a writable path, wherever it comes from (configuration,
 /// annotation): absolute, no `.`/`..` components, no `:`, no `//`, no
@@ -144,11 +145,13 @@ pub(crate) fn fnv1a32(parts: &[&[u8]]) -> u32 {
     hash
 }
 
-const MAX_LABEL: usize = 63;
+/// The longest volume name Kubernetes accepts (a DNS-1123 label).
+pub const MAX_LABEL: usize = 63;
 const HASH_SUFFIX: usize = 9; // "-" + 8 hex digits
 
-/// `kh-<container>-<path segments>` as a DNS-1123 label (may exceed 63 chars).
-fn base_name(container: &str, path: &str) -> String {
+/// `kh-<container>-<path segments>` as a DNS-1123 label (may exceed 63 chars):
+/// the name a writable path's volume gets unless it is too long or taken.
+pub fn base_name(container: &str, path: &str) -> String {
     let mut name = String::with_capacity(4 + container.len() + path.len());
     let mut last_dash = false;
     for c in "kh-"

@@ -27,6 +27,8 @@ enum Command {
     Preview(kube_hardener_preview::PreviewArgs),
     /// Generate a CA, a serving certificate Secret and the caBundle for the webhook.
     Certs(certs::CertsArgs),
+    /// Print the configuration as a native MutatingAdmissionPolicy and binding (no webhook).
+    Policy(kube_hardener_native_policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Preview(args) => kube_hardener_preview::run(&args, &config),
+        Command::Policy(args) => kube_hardener_native_policy::run(&args, &config),
         Command::Certs(args) => match certs::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -1,0 +1,663 @@
+//! The CEL of the generated policy: one JSONPatch mutation whose operations
+//! follow the engine's rules (crates/engine/src/rules), written once per rule
+//! here and checked against the webhook by the differential e2e suite.
+//!
+//! Shape: `variables` hold what is decided once per pod (opt-outs, the
+//! platform, pod-level choices, the writable paths); the mutation builds the
+//! operation list from them, container by container. Every operation adds
+//! only what is unset, so a second run (reinvocation) yields no operation.
+
+use kube_hardener_engine::{
+    ANNOTATION_APPLIED, ANNOTATION_SKIP, ANNOTATION_WRITABLE_PATHS, MAX_LABEL, MAX_WRITABLE_PATHS,
+    Policy, RUNTIME_MANAGED, SAFE_BELOW_RUNTIME_MANAGED, Setting, check_writable_path,
+    volume_base_name,
+};
+
+/// The pod-level legacy seccomp annotation: an explicit choice at pod level.
+const LEGACY_SECCOMP_POD: &str = "seccomp.security.alpha.kubernetes.io/pod";
+
+/// A CEL string literal (single-quoted; `\` and `'` escaped).
+pub(crate) fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn list(items: impl IntoIterator<Item = String>) -> String {
+    format!("[{}]", items.into_iter().collect::<Vec<_>>().join(", "))
+}
+
+/// An RFC 6901 pointer token.
+fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The part a writable path adds to a volume name after `kh-<container>`:
+/// `-<segments>`, or nothing when the path has no letters or digits. The
+/// engine's own naming function decides, so the two cannot drift.
+pub(crate) fn volume_suffix(path: &str) -> String {
+    // Any valid container name works as the probe: it is copied as is.
+    let probe = "c";
+    volume_base_name(probe, path)
+        .strip_prefix("kh-c")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The configured writable paths as the engine uses them: validated,
+/// trailing slashes trimmed, de-duplicated, at most `MAX_WRITABLE_PATHS`.
+pub(crate) fn configured_paths(policy: &Policy) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::new();
+    for entry in policy.writable_paths.iter().map(|p| p.trim()) {
+        if let Ok(path) = check_writable_path(entry)
+            && !paths.iter().any(|p| p == path)
+            && paths.len() < MAX_WRITABLE_PATHS
+        {
+            paths.push(path.to_owned());
+        }
+    }
+    paths
+}
+
+/// What the generated policy consists of.
+#[derive(Debug, Clone)]
+pub(crate) struct Program {
+    pub variables: Vec<(&'static str, String)>,
+    pub patch: String,
+}
+
+struct Builder<'a> {
+    policy: &'a Policy,
+}
+
+impl Builder<'_> {
+    /// `variables.on_<setting>`, or `false` for a setting the configuration turns off.
+    fn on(&self, setting: Setting) -> String {
+        if self.policy.enables(setting) {
+            format!("variables.on_{}", setting.name())
+        } else {
+            "false".to_owned()
+        }
+    }
+
+    fn skip_list(&self, annotations: &str) -> String {
+        format!(
+            "{annotations}[?{key}].orValue('').split(',').map(s, s.trim().lowerAscii()).filter(s, s != '')",
+            key = quote(ANNOTATION_SKIP)
+        )
+    }
+
+    fn variables(&self) -> Vec<(&'static str, String)> {
+        let mut vars: Vec<(&'static str, String)> = Vec::new();
+        let mut skip = self.skip_list("namespaceObject.metadata.?annotations");
+        if self.policy.allow_pod_opt_out {
+            skip = format!(
+                "{skip} + {}",
+                self.skip_list("object.metadata.?annotations")
+            );
+        }
+        vars.push(("skip", skip));
+        // `all` anywhere in the list skips everything. Checked here, not in
+        // matchConditions: those are evaluated without namespaceObject.
+        vars.push(("skip_all", "'all' in variables.skip".to_owned()));
+        // One list for "every container" tests; the lists have distinct
+        // schema types, hence dyn.
+        vars.push((
+            "all",
+            "dyn(object.spec.containers) + dyn(object.spec.?initContainers.orValue([])) + \
+             dyn(object.spec.?ephemeralContainers.orValue([]))"
+                .to_owned(),
+        ));
+        // HostProcess containers exist only on Windows nodes.
+        vars.push((
+            "windows",
+            "object.spec.?os.?name.orValue('') == 'windows' || \
+             object.spec.?securityContext.?windowsOptions.?hostProcess.orValue(false) || \
+             variables.all.exists(c, c.?securityContext.?windowsOptions.?hostProcess.orValue(false))"
+                .to_owned(),
+        ));
+        for setting in Setting::ALL.into_iter().filter(|s| self.policy.enables(*s)) {
+            let name: &'static str = match setting {
+                Setting::RunAsNonRoot => "on_runAsNonRoot",
+                Setting::RunAsUser => "on_runAsUser",
+                Setting::RunAsGroup => "on_runAsGroup",
+                Setting::SeccompProfile => "on_seccompProfile",
+                Setting::AllowPrivilegeEscalation => "on_allowPrivilegeEscalation",
+                Setting::Capabilities => "on_capabilities",
+                Setting::ReadOnlyRootFilesystem => "on_readOnlyRootFilesystem",
+                Setting::FsGroup => "on_fsGroup",
+                Setting::FsGroupChangePolicy => "on_fsGroupChangePolicy",
+            };
+            let skipped = format!(
+                "!({} in variables.skip)",
+                quote(&setting.name().to_lowercase())
+            );
+            // The API server rejects every Linux-only field on Windows pods.
+            let expr = if setting == Setting::RunAsNonRoot {
+                skipped
+            } else {
+                format!("{skipped} && !variables.windows")
+            };
+            vars.push((name, expr));
+        }
+        let pod = "object.spec.?securityContext";
+        let unset_everywhere = |field: &str| {
+            format!(
+                "!{pod}.?{field}.hasValue() && variables.all.all(c, !c.?securityContext.?{field}.hasValue())"
+            )
+        };
+        vars.push((
+            "inject_uid",
+            match self.policy.run_as_user {
+                Some(_) => format!(
+                    "{} && {}",
+                    self.on(Setting::RunAsUser),
+                    unset_everywhere("runAsUser")
+                ),
+                None => "false".to_owned(),
+            },
+        ));
+        vars.push((
+            "inject_gid",
+            match self.policy.run_as_group {
+                Some(_) => format!(
+                    "{} && {}",
+                    self.on(Setting::RunAsGroup),
+                    unset_everywhere("runAsGroup")
+                ),
+                None => "false".to_owned(),
+            },
+        ));
+        // The UID the pod runs as when a container sets none; -1 for none.
+        let injected = self.policy.run_as_user.map_or("-1".to_owned(), |uid| {
+            format!("(variables.inject_uid ? {uid} : -1)")
+        });
+        vars.push(("pod_uid", format!("{pod}.?runAsUser.orValue({injected})")));
+        vars.push((
+            "pod_user_name",
+            format!("{pod}.?windowsOptions.?runAsUserName.orValue('')"),
+        ));
+        vars.push((
+            "rnr_open",
+            format!(
+                "{} && !{pod}.?runAsNonRoot.hasValue()",
+                self.on(Setting::RunAsNonRoot)
+            ),
+        ));
+        vars.push((
+            "rnr_pod",
+            format!(
+                "variables.rnr_open && variables.all.all(c, !({}))",
+                conflict("c")
+            ),
+        ));
+        vars.push((
+            "seccomp",
+            format!(
+                "{} && !{pod}.?seccompProfile.hasValue() && !object.metadata.?annotations[?{}].hasValue()",
+                self.on(Setting::SeccompProfile),
+                quote(LEGACY_SECCOMP_POD)
+            ),
+        ));
+        vars.push((
+            "fs_group",
+            match self.policy.fs_group {
+                Some(_) => format!(
+                    "{} && !{pod}.?fsGroup.hasValue()",
+                    self.on(Setting::FsGroup)
+                ),
+                None => "false".to_owned(),
+            },
+        ));
+        vars.push((
+            "fs_group_change_policy",
+            format!(
+                "{} && ({pod}.?fsGroup.hasValue() || variables.fs_group) && !{pod}.?fsGroupChangePolicy.hasValue()",
+                self.on(Setting::FsGroupChangePolicy)
+            ),
+        ));
+        self.writable_variables(&mut vars);
+        self.container_variables(&mut vars);
+        let applied: Vec<String> = self
+            .applied_terms()
+            .into_iter()
+            .map(|(setting, cond)| format!("({cond} ? [{}] : [])", quote(setting.name())))
+            .collect();
+        let applied = if applied.is_empty() {
+            "[]".to_owned()
+        } else {
+            applied.join(" + ")
+        };
+        vars.push(("applied", applied));
+        vars
+    }
+
+    /// The writable paths of this pod, their pointer-free components and
+    /// volume-name suffixes, and the names the containers would get.
+    fn writable_variables(&self, vars: &mut Vec<(&'static str, String)>) {
+        let annotation = format!(
+            "object.metadata.?annotations[?{}]",
+            quote(ANNOTATION_WRITABLE_PATHS)
+        );
+        vars.push(("wp_set", format!("{annotation}.hasValue()")));
+        // check_writable_path, in CEL: absolute, no `:`, no `//` (trailing
+        // slashes allowed), no `.`/`..`, no control characters, not `/`, not
+        // under a runtime-managed directory unless under a safe one.
+        let canon = |p: &str| format!("('/' + {p}.split('/').filter(s, s != '').join('/'))");
+        let below = |dirs: &[&str], p: &str| {
+            list(dirs.iter().map(|d| quote(d)))
+                + &format!(".exists(r, {p} == r || {p}.startsWith(r + '/'))")
+        };
+        let valid = format!(
+            "p.matches('^(/[^/]+)+/*$') && !p.contains(':') && \
+             !p.split('/').exists(s, s == '.' || s == '..') && \
+             !p.matches(r'[\\x00-\\x1f\\x7f-\\x{{9f}}]') && \
+             !({runtime} && !{safe})",
+            runtime = below(&RUNTIME_MANAGED, &canon("p")),
+            safe = below(&SAFE_BELOW_RUNTIME_MANAGED, &canon("p")),
+        );
+        vars.push((
+            "wp_valid",
+            format!(
+                "variables.wp_set ? {annotation}.value().split(',').map(p, p.trim()).filter(p, {valid}).map(p, {}).distinct() : []",
+                canon("p")
+            ),
+        ));
+        let configured = configured_paths(self.policy);
+        vars.push((
+            "paths",
+            format!(
+                "variables.wp_set ? (size(variables.wp_valid) > {MAX_WRITABLE_PATHS} ? \
+                 variables.wp_valid.slice(0, {MAX_WRITABLE_PATHS}) : variables.wp_valid) : {}",
+                list(configured.iter().map(|p| quote(p)))
+            ),
+        ));
+        vars.push((
+            "parts",
+            "variables.paths.map(p, p.split('/').filter(s, s != ''))".to_owned(),
+        ));
+        // The engine's name rule for a path: lower-cased, each run of other
+        // characters one `-`, none at either end.
+        let alnum = |j: &str| format!("p.lowerAscii().charAt({j}).matches('^[a-z0-9]$')");
+        vars.push((
+            "raw_suffixes",
+            format!(
+                "variables.paths.map(p, lists.range(size(p)).filter(j, {a} || (j > 0 && {b})).map(j, {a} ? p.lowerAscii().charAt(j) : '-').join())",
+                a = alnum("j"),
+                b = alnum("j - 1"),
+            ),
+        ));
+        vars.push((
+            "suffixes",
+            format!(
+                "variables.wp_set ? variables.raw_suffixes.map(s, s == '' ? '' : '-' + (s.endsWith('-') ? s.substring(0, size(s) - 1) : s)) : {}",
+                list(configured.iter().map(|p| quote(&volume_suffix(p))))
+            ),
+        ));
+        // Names of volumes and mounts already in the pod that a generated
+        // name could clash with (all generated names start with `kh-`).
+        vars.push((
+            "taken",
+            "(object.spec.?volumes.orValue([]).map(v, v.name) + \
+             variables.all.map(c, c.?volumeMounts.orValue([]).map(m, m.name)).flatten())\
+             .filter(n, n.startsWith('kh-'))"
+                .to_owned(),
+        ));
+    }
+
+    /// Per-container decisions, one list each over `variables.all`, so every
+    /// test runs once per container: the cost stays linear in the pod.
+    fn container_variables(&self, vars: &mut Vec<(&'static str, String)>) {
+        vars.push((
+            "rnr_c",
+            format!(
+                "variables.all.map(c, variables.rnr_open && !variables.rnr_pod && !({}) && \
+                 !c.?securityContext.?runAsNonRoot.hasValue())",
+                conflict("c")
+            ),
+        ));
+        vars.push((
+            "ape",
+            format!(
+                "variables.all.map(c, {} && !c.?securityContext.?allowPrivilegeEscalation.hasValue() && \
+                 !c.?securityContext.?privileged.orValue(false) && \
+                 !c.?securityContext.?capabilities.?add.orValue([]).exists(a, a.trim().upperAscii() in ['SYS_ADMIN', 'CAP_SYS_ADMIN']))",
+                self.on(Setting::AllowPrivilegeEscalation)
+            ),
+        ));
+        vars.push((
+            "caps",
+            format!(
+                "variables.all.map(c, {} && !('ALL' in c.?securityContext.?capabilities.?drop.orValue([])))",
+                self.on(Setting::Capabilities)
+            ),
+        ));
+        vars.push((
+            "ro_want",
+            format!(
+                "variables.all.map(c, {} && !c.?securityContext.?readOnlyRootFilesystem.hasValue())",
+                self.on(Setting::ReadOnlyRootFilesystem)
+            ),
+        ));
+        // The writable paths (indices) each container does not mount yet.
+        vars.push((
+            "needed",
+            format!(
+                "variables.all.map(c, lists.range(size(variables.paths)).filter(k, !({})))",
+                mounted("c", "k")
+            ),
+        ));
+        // Every name the containers would get, sorted, to find two that coincide.
+        vars.push((
+            "wanted",
+            format!(
+                "lists.range(size(variables.all)).filter(j, variables.ro_want[j]).map(j, variables.needed[j].map(k, {})).flatten().sort()",
+                volume_name("j", "k")
+            ),
+        ));
+        vars.push((
+            "wanted_unique",
+            "lists.range(size(variables.wanted)).all(j, j == 0 || variables.wanted[j] != variables.wanted[j - 1])"
+                .to_owned(),
+        ));
+        // Read-only root, when every volume the container needs gets its plain name.
+        let name = volume_name("j", "k");
+        vars.push((
+            "ro",
+            format!(
+                "lists.range(size(variables.all)).map(j, variables.ro_want[j] && variables.needed[j].all(k, \
+                 size({name}) <= {MAX_LABEL} && !({name} in variables.taken) && \
+                 (variables.wanted_unique || size(variables.wanted.filter(w, w == {name})) == 1)))"
+            ),
+        ));
+    }
+
+    /// Each setting and the condition under which some part of the pod got it.
+    fn applied_terms(&self) -> Vec<(Setting, String)> {
+        let any = |list: &str| format!("variables.{list}.exists(x, x)");
+        Setting::ALL
+            .into_iter()
+            .map(|setting| {
+                let cond = match setting {
+                    Setting::RunAsNonRoot => format!("(variables.rnr_pod || {})", any("rnr_c")),
+                    Setting::RunAsUser => "variables.inject_uid".to_owned(),
+                    Setting::RunAsGroup => "variables.inject_gid".to_owned(),
+                    Setting::SeccompProfile => "variables.seccomp".to_owned(),
+                    Setting::AllowPrivilegeEscalation => any("ape"),
+                    Setting::Capabilities => any("caps"),
+                    Setting::ReadOnlyRootFilesystem => any("ro"),
+                    Setting::FsGroup => "variables.fs_group".to_owned(),
+                    Setting::FsGroupChangePolicy => "variables.fs_group_change_policy".to_owned(),
+                };
+                (setting, cond)
+            })
+            .filter(|(setting, _)| self.policy.enables(*setting))
+            .collect()
+    }
+
+    fn pod_ops(&self) -> String {
+        let sc = "/spec/securityContext";
+        let mut fields = vec![
+            (
+                "variables.rnr_pod".to_owned(),
+                "runAsNonRoot",
+                "true".to_owned(),
+            ),
+            (
+                "variables.seccomp".to_owned(),
+                "seccompProfile",
+                "{'type': 'RuntimeDefault'}".to_owned(),
+            ),
+            (
+                "variables.fs_group_change_policy".to_owned(),
+                "fsGroupChangePolicy",
+                "'OnRootMismatch'".to_owned(),
+            ),
+        ];
+        if let Some(uid) = self.policy.run_as_user {
+            fields.push((
+                "variables.inject_uid".to_owned(),
+                "runAsUser",
+                uid.to_string(),
+            ));
+        }
+        if let Some(gid) = self.policy.run_as_group {
+            fields.push((
+                "variables.inject_gid".to_owned(),
+                "runAsGroup",
+                gid.to_string(),
+            ));
+        }
+        if let Some(gid) = self.policy.fs_group {
+            fields.push(("variables.fs_group".to_owned(), "fsGroup", gid.to_string()));
+        }
+        let any: Vec<&str> = fields.iter().map(|(cond, _, _)| cond.as_str()).collect();
+        let mut ops = vec![format!(
+            "(!object.spec.?securityContext.hasValue() && ({}) ? [JSONPatch{{op: 'add', path: '{sc}', value: {{}}}}] : [])",
+            any.join(" || ")
+        )];
+        for (cond, key, value) in &fields {
+            ops.push(format!(
+                "({cond} ? [JSONPatch{{op: 'add', path: '{sc}/{key}', value: {value}}}] : [])"
+            ));
+        }
+        ops.push(
+            "(!object.spec.?volumes.hasValue() && \
+             lists.range(size(variables.all)).exists(j, variables.ro[j] && size(variables.needed[j]) > 0) ? \
+             [JSONPatch{op: 'add', path: '/spec/volumes', value: []}] : [])"
+                .to_owned(),
+        );
+        ops.join(" + ")
+    }
+
+    /// The operations for container `c` at index `i` of `list`, whose
+    /// decisions sit at `offset + i` of the per-container lists.
+    fn container_ops(&self, list: &str, offset: &str) -> String {
+        let at = format!("'/spec/{list}/' + string(i)");
+        let sc = format!("{at} + '/securityContext'");
+        let d = |name: &str| format!("variables.{name}[{offset}i]");
+        let (rnr, ape, caps, ro, needed) = (d("rnr_c"), d("ape"), d("caps"), d("ro"), d("needed"));
+        let name = volume_name("c", "k");
+        let volume = format!(
+            "Object.spec.volumes{{name: {name}, emptyDir: Object.spec.volumes.emptyDir{{}}}}"
+        );
+        let mount = format!("{{'name': {name}, 'mountPath': variables.paths[k]}}");
+        [
+            format!(
+                "(!c.?securityContext.hasValue() && ({rnr} || {ape} || {caps} || {ro}) ? \
+                 [JSONPatch{{op: 'add', path: {sc}, value: {{}}}}] : [])"
+            ),
+            format!("({rnr} ? [JSONPatch{{op: 'add', path: {sc} + '/runAsNonRoot', value: true}}] : [])"),
+            format!(
+                "({ape} ? [JSONPatch{{op: 'add', path: {sc} + '/allowPrivilegeEscalation', value: false}}] : [])"
+            ),
+            format!(
+                "({caps} ? (c.?securityContext.?capabilities.?drop.hasValue() ? \
+                 [JSONPatch{{op: 'add', path: {sc} + '/capabilities/drop/-', value: 'ALL'}}] : \
+                 (c.?securityContext.?capabilities.hasValue() ? \
+                 [JSONPatch{{op: 'add', path: {sc} + '/capabilities/drop', value: ['ALL']}}] : \
+                 [JSONPatch{{op: 'add', path: {sc} + '/capabilities', value: {{'drop': ['ALL']}}}}])) : [])"
+            ),
+            format!(
+                "({ro} ? [JSONPatch{{op: 'add', path: {sc} + '/readOnlyRootFilesystem', value: true}}] + \
+                 (!c.?volumeMounts.hasValue() && size({needed}) > 0 ? \
+                 [JSONPatch{{op: 'add', path: {at} + '/volumeMounts', value: []}}] : []) + \
+                 {needed}.map(k, \
+                 [JSONPatch{{op: 'add', path: '/spec/volumes/-', value: {volume}}}, \
+                 JSONPatch{{op: 'add', path: {at} + '/volumeMounts/-', value: {mount}}}]).flatten() : [])"
+            ),
+        ]
+        .join(" + ")
+    }
+
+    /// The provenance annotation: added, or replaced by the union with what an
+    /// earlier run recorded (names it does not know are kept, at the end).
+    fn annotation_ops(&self) -> String {
+        let key = quote(ANNOTATION_APPLIED);
+        let path = format!(
+            "/metadata/annotations/{}",
+            pointer_token(ANNOTATION_APPLIED)
+        );
+        let all_lower = list(
+            Setting::ALL
+                .into_iter()
+                .map(|s| quote(&s.name().to_lowercase())),
+        );
+        let old = format!(
+            "object.metadata.annotations[{key}].split(',').map(s, s.trim()).filter(s, s != '')"
+        );
+        let old_lower = format!("{old}.map(s, s.lowerAscii())");
+        let canonical = list(Setting::ALL.into_iter().map(|s| quote(s.name())));
+        format!(
+            "(size(variables.applied) == 0 ? [] : \
+             !object.metadata.?annotations.hasValue() ? \
+             [JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{key}: variables.applied.join(',')}}}}] : \
+             !object.metadata.annotations[?{key}].hasValue() ? \
+             [JSONPatch{{op: 'add', path: '{path}', value: variables.applied.join(',')}}] : \
+             !variables.applied.exists(n, !(n.lowerAscii() in {old_lower})) ? [] : \
+             [JSONPatch{{op: 'replace', path: '{path}', value: \
+             ({canonical}.filter(n, n in variables.applied || n.lowerAscii() in {old_lower}) + \
+             {old}.filter(s, !(s.lowerAscii() in {all_lower}))).join(',')}}])"
+        )
+    }
+
+    fn patch(&self) -> String {
+        let mut parts = vec![self.pod_ops()];
+        // `variables.all` lists containers first, then init containers.
+        for (list, source, offset) in [
+            ("containers", "object.spec.containers", ""),
+            (
+                "initContainers",
+                "object.spec.?initContainers.orValue([])",
+                "size(object.spec.containers) + ",
+            ),
+        ] {
+            parts.push(format!(
+                "{source}.transformList(i, c, {}).flatten()",
+                self.container_ops(list, offset)
+            ));
+        }
+        parts.push(self.annotation_ops());
+        format!("variables.skip_all ? [] : (\n{}\n)", parts.join(" +\n"))
+    }
+}
+
+/// Whether `c` must not get runAsNonRoot: it sets false, runs as UID 0, or
+/// runs as the Windows administrator.
+fn conflict(c: &str) -> String {
+    format!(
+        "!{c}.?securityContext.?runAsNonRoot.orValue(true) || \
+         {c}.?securityContext.?runAsUser.orValue(variables.pod_uid) == 0 || \
+         {c}.?securityContext.?windowsOptions.?runAsUserName.orValue(variables.pod_user_name).trim().lowerAscii() == 'containeradministrator'"
+    )
+}
+
+/// Whether container `c` already mounts something at writable path `k`,
+/// comparing by component as the kubelet does (`/tmp/`, `/tmp/.` are `/tmp`).
+fn mounted(c: &str, k: &str) -> String {
+    let same = |field: &str| {
+        format!(
+            "x.{field} == variables.paths[{k}] || (x.{field}.startsWith('/') && \
+             x.{field}.split('/').filter(s, s != '' && s != '.') == variables.parts[{k}])"
+        )
+    };
+    format!(
+        "{c}.?volumeMounts.orValue([]).exists(x, {}) || {c}.?volumeDevices.orValue([]).exists(x, {})",
+        same("mountPath"),
+        same("devicePath")
+    )
+}
+
+/// The volume name of writable path `k` for container `c`: an element, or
+/// an index into `variables.all`.
+fn volume_name(c: &str, k: &str) -> String {
+    let container = if c == "j" {
+        "variables.all[j]".to_owned()
+    } else {
+        c.to_owned()
+    };
+    format!("('kh-' + {container}.name + variables.suffixes[{k}])")
+}
+
+/// The CEL program for `policy`.
+pub(crate) fn program(policy: &Policy) -> Program {
+    let builder = Builder { policy };
+    Program {
+        variables: builder.variables(),
+        patch: builder.patch(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn volume_suffixes_follow_the_engine() {
+        for (path, suffix) in [
+            ("/tmp", "-tmp"),
+            ("/var/cache/nginx", "-var-cache-nginx"),
+            ("/opt/App_Data", "-opt-app-data"),
+            ("/a.", "-a"),
+            ("/_", ""),
+        ] {
+            assert_eq!(volume_suffix(path), suffix, "{path}");
+            let name = format!("kh-app{suffix}");
+            assert_eq!(volume_base_name("app", path), name, "{path}");
+        }
+    }
+
+    #[test]
+    fn configured_paths_are_checked_trimmed_and_deduplicated() {
+        let policy = Policy {
+            writable_paths: vec![
+                "/tmp/".into(),
+                "/tmp".into(),
+                " /var/run ".into(),
+                "relative".into(),
+                "/proc/x".into(),
+            ],
+            ..Policy::default()
+        };
+        assert_eq!(configured_paths(&policy), ["/tmp", "/var/run"]);
+    }
+
+    #[test]
+    fn strings_are_quoted_for_cel() {
+        assert_eq!(quote("a'b\\c"), r"'a\'b\\c'");
+        assert_eq!(
+            pointer_token("kube-hardener.io/applied"),
+            "kube-hardener.io~1applied"
+        );
+    }
+
+    #[test]
+    fn switched_off_settings_leave_no_trace() {
+        let policy = Policy {
+            settings: kube_hardener_engine::SettingSwitches::only(Setting::Capabilities),
+            ..Policy::default()
+        };
+        let program = program(&policy);
+        let names: Vec<_> = program.variables.iter().map(|(n, _)| *n).collect();
+        assert!(names.contains(&"on_capabilities"));
+        assert!(!names.contains(&"on_readOnlyRootFilesystem"));
+        let applied = &program
+            .variables
+            .iter()
+            .find(|(n, _)| *n == "applied")
+            .unwrap()
+            .1;
+        assert!(applied.contains("'capabilities'"));
+        assert!(!applied.contains("'readOnlyRootFilesystem'"));
+    }
+}
