@@ -752,3 +752,51 @@ async fn a_plain_pod_passes_the_restricted_profile_through_the_policy() -> Resul
     assert!(message.contains("restricted"), "{message}");
     Ok(())
 }
+
+/// A pod of `containers` plain containers.
+fn wide_pod(name: &str, containers: usize) -> Value {
+    let list: Vec<Value> = (0..containers)
+        .map(|i| json!({"name": format!("c{i}"), "image": "nginx:1.27"}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": list}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pods_are_hardened_up_to_the_cel_budget() -> Result<()> {
+    let client = client().await?;
+    let group = unique_name("p");
+    let namespace = TestNamespace::create(
+        &client,
+        "map-wide",
+        NamespaceOptions::in_group(&group, BTreeMap::new()),
+    )
+    .await?;
+    // The suite's policies use failurePolicy Fail, so running out of budget shows.
+    let _policy = NativePolicy::apply(&client, "", (GROUP_LABEL, &group)).await?;
+    wait_until_hardening(&namespace).await?;
+    // The cost grows linearly: a thousand containers are all hardened.
+    let stored = dry_run_create(&client, &namespace.name, &wide_pod("wide", 1000)).await?;
+    let hardened = stored["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["securityContext"]["readOnlyRootFilesystem"] == true)
+        .count();
+    assert_eq!(hardened, 1000);
+    // Past the API server's budget the policy cannot be evaluated
+    // (`cel-cost-budget`): refused under Fail, admitted unhardened under Ignore.
+    assert!(
+        differences::DIFFERENCES
+            .iter()
+            .any(|d| d.name == differences::COST)
+    );
+    let refused = dry_run_create(&client, &namespace.name, &wide_pod("wider", 4000)).await;
+    let message = format!(
+        "{:#}",
+        refused
+            .err()
+            .context("a 4,000-container pod was evaluated")?
+    );
+    assert!(message.contains("cost"), "{message}");
+    Ok(())
+}

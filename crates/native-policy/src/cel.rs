@@ -364,9 +364,13 @@ impl Builder<'_> {
                 volume_name("j", "k")
             ),
         ));
+        // Two containers' names can coincide only with two or more paths and a
+        // container name holding a `-` (`a` + `-b-c` and `a-b` + `-c`): only
+        // then are the names built and compared, which costs the most.
         vars.push((
             "wanted_unique",
-            "lists.range(size(variables.wanted)).all(j, j == 0 || variables.wanted[j] != variables.wanted[j - 1])"
+            "size(variables.paths) < 2 || !variables.all.exists(c, c.name.contains('-')) || \
+             lists.range(size(variables.wanted)).all(j, j == 0 || variables.wanted[j] != variables.wanted[j - 1])"
                 .to_owned(),
         ));
         // Read-only root, when every volume the container needs gets its plain name.

@@ -6,8 +6,9 @@
 //! Needs KUBECONFIG and KUBE_HARDENER_BIN (a release build). Creates go in
 //! turn into a namespace without a webhook, namespaces where kube-hardener is
 //! called, and one where a webhook that computes nothing returns kube-hardener's
-//! patch (the floor any webhook applying that patch pays), so drift (etcd
-//! growth, a busy neighbour) affects every arm alike.
+//! patch (the floor any webhook applying that patch pays), and one bound to
+//! the native MutatingAdmissionPolicy generated from the same configuration,
+//! so drift (etcd growth, a busy neighbour) affects every arm alike.
 
 mod canned;
 
@@ -18,6 +19,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
+use kube_hardener_e2e::native_policy::NativePolicy;
 use kube_hardener_e2e::stats::{Summary, count_arg, interleaved, ms, summarize, table};
 use kube_hardener_e2e::{
     GROUP_LABEL, LocalWebhook, NamespaceOptions, PlainAndSkipped, RegisterOptions, Registration,
@@ -80,6 +82,18 @@ async fn main() -> Result<()> {
     .await?;
     give_canned_webhook_kube_hardeners_patch(&canned, &floor, &server.target()).await?;
 
+    // The native policy `kube-hardener policy` generates from the same
+    // (embedded default) configuration, bound to its own namespace.
+    let policy_group = unique_name("bench-policy");
+    let native = TestNamespace::create(
+        &client,
+        "bench-policy",
+        NamespaceOptions::in_group(&policy_group, BTreeMap::new()),
+    )
+    .await?;
+    let _policy = NativePolicy::apply(&client, "", (GROUP_LABEL, &policy_group)).await?;
+    wait_until_hardening(&native).await?;
+
     let arms = [
         ("not registered", plain.pods(), false),
         (
@@ -91,6 +105,11 @@ async fn main() -> Result<()> {
         (
             "floor: a webhook that only returns kube-hardener's patch",
             floor.pods(),
+            true,
+        ),
+        (
+            "native policy (kube-hardener policy), no webhook",
+            native.pods(),
             true,
         ),
     ];
@@ -106,8 +125,13 @@ async fn main() -> Result<()> {
     println!();
     let labels: Vec<&str> = arms.iter().map(|(label, _, _)| *label).collect();
     print!("{}", table(&labels, &summaries));
-    let (without, called, with, floor) =
-        (&summaries[0], &summaries[1], &summaries[2], &summaries[3]);
+    let (without, called, with, floor, native) = (
+        &summaries[0],
+        &summaries[1],
+        &summaries[2],
+        &summaries[3],
+        &summaries[4],
+    );
     println!();
     // What the server itself spent per review, to tell its share of the added
     // time from the API server's (encoding the review, applying the patch).
@@ -148,6 +172,11 @@ async fn main() -> Result<()> {
         "added median of the floor webhook: {} ms; kube-hardener above the floor: {} ms",
         ms(floor.median.saturating_sub(without.median)),
         signed_ms(with.median.as_secs_f64() - floor.median.as_secs_f64()),
+    );
+    println!(
+        "added median of the native policy: {} ms; native policy minus webhook: {} ms",
+        ms(native.median.saturating_sub(without.median)),
+        signed_ms(native.median.as_secs_f64() - with.median.as_secs_f64()),
     );
     Ok(())
 }
