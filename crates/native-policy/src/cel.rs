@@ -75,6 +75,12 @@ pub(crate) struct Program {
     pub patch: String,
 }
 
+/// Positions in each container's entry of `variables.d`.
+const D_RNR: usize = 0;
+const D_APE: usize = 1;
+const D_CAPS: usize = 2;
+const D_RO_WANT: usize = 3;
+
 struct Builder<'a> {
     policy: &'a Policy,
 }
@@ -91,7 +97,8 @@ impl Builder<'_> {
 
     fn skip_list(&self, annotations: &str) -> String {
         format!(
-            "{annotations}[?{key}].orValue('').split(',').map(s, s.trim().lowerAscii()).filter(s, s != '')",
+            "({annotations}[?{key}].hasValue() ? \
+             {annotations}[?{key}].value().split(',').map(s, s.trim().lowerAscii()).filter(s, s != '') : [])",
             key = quote(ANNOTATION_SKIP)
         )
     }
@@ -122,7 +129,7 @@ impl Builder<'_> {
             "windows",
             "object.spec.?os.?name.orValue('') == 'windows' || \
              object.spec.?securityContext.?windowsOptions.?hostProcess.orValue(false) || \
-             variables.all.exists(c, c.?securityContext.?windowsOptions.?hostProcess.orValue(false))"
+             variables.all.exists(c, has(c.securityContext) && c.securityContext.?windowsOptions.?hostProcess.orValue(false))"
                 .to_owned(),
         ));
         for setting in Setting::ALL.into_iter().filter(|s| self.policy.enables(*s)) {
@@ -221,8 +228,13 @@ impl Builder<'_> {
         vars.push((
             "fs_group_change_policy",
             format!(
-                "{} && ({pod}.?fsGroup.hasValue() || variables.fs_group) && !{pod}.?fsGroupChangePolicy.hasValue()",
-                self.on(Setting::FsGroupChangePolicy)
+                "{} && ({pod}.?fsGroup.hasValue() || {}) && !{pod}.?fsGroupChangePolicy.hasValue()",
+                self.on(Setting::FsGroupChangePolicy),
+                if self.policy.fs_group.is_some() {
+                    "variables.fs_group"
+                } else {
+                    "false"
+                }
             ),
         ));
         self.writable_variables(&mut vars);
@@ -317,36 +329,31 @@ impl Builder<'_> {
     /// Per-container decisions, one list each over `variables.all`, so every
     /// test runs once per container: the cost stays linear in the pod.
     fn container_variables(&self, vars: &mut Vec<(&'static str, String)>) {
+        // [runAsNonRoot, allowPrivilegeEscalation, capabilities, read-only
+        // root wanted] per container (indices `D_*`). A container without a
+        // securityContext, the common case, takes the short branch.
+        let pod_conflict = "variables.pod_uid == 0 || \
+            variables.pod_user_name.trim().lowerAscii() == 'containeradministrator'";
+        let (ape_on, caps_on, ro_on) = (
+            self.on(Setting::AllowPrivilegeEscalation),
+            self.on(Setting::Capabilities),
+            self.on(Setting::ReadOnlyRootFilesystem),
+        );
+        let bare = format!(
+            "[variables.rnr_open && !variables.rnr_pod && !({pod_conflict}), {ape_on}, {caps_on}, {ro_on}]"
+        );
+        let full = format!(
+            "[variables.rnr_open && !variables.rnr_pod && !({conflict}) && !has(c.securityContext.runAsNonRoot), \
+             {ape_on} && !has(c.securityContext.allowPrivilegeEscalation) && \
+             !c.securityContext.?privileged.orValue(false) && \
+             !c.securityContext.?capabilities.?add.orValue([]).exists(a, a.trim().upperAscii() in ['SYS_ADMIN', 'CAP_SYS_ADMIN']), \
+             {caps_on} && !('ALL' in c.securityContext.?capabilities.?drop.orValue([])), \
+             {ro_on} && !has(c.securityContext.readOnlyRootFilesystem)]",
+            conflict = conflict("c"),
+        );
         vars.push((
-            "rnr_c",
-            format!(
-                "variables.all.map(c, variables.rnr_open && !variables.rnr_pod && !({}) && \
-                 !c.?securityContext.?runAsNonRoot.hasValue())",
-                conflict("c")
-            ),
-        ));
-        vars.push((
-            "ape",
-            format!(
-                "variables.all.map(c, {} && !c.?securityContext.?allowPrivilegeEscalation.hasValue() && \
-                 !c.?securityContext.?privileged.orValue(false) && \
-                 !c.?securityContext.?capabilities.?add.orValue([]).exists(a, a.trim().upperAscii() in ['SYS_ADMIN', 'CAP_SYS_ADMIN']))",
-                self.on(Setting::AllowPrivilegeEscalation)
-            ),
-        ));
-        vars.push((
-            "caps",
-            format!(
-                "variables.all.map(c, {} && !('ALL' in c.?securityContext.?capabilities.?drop.orValue([])))",
-                self.on(Setting::Capabilities)
-            ),
-        ));
-        vars.push((
-            "ro_want",
-            format!(
-                "variables.all.map(c, {} && !c.?securityContext.?readOnlyRootFilesystem.hasValue())",
-                self.on(Setting::ReadOnlyRootFilesystem)
-            ),
+            "d",
+            format!("variables.all.map(c, !has(c.securityContext) ? {bare} : {full})"),
         ));
         // The writable paths (indices) each container does not mount yet.
         vars.push((
@@ -360,7 +367,7 @@ impl Builder<'_> {
         vars.push((
             "wanted",
             format!(
-                "lists.range(size(variables.all)).filter(j, variables.ro_want[j]).map(j, variables.needed[j].map(k, {})).flatten().sort()",
+                "lists.range(size(variables.all)).filter(j, variables.d[j][{D_RO_WANT}]).map(j, variables.needed[j].map(k, {})).flatten().sort()",
                 volume_name("j", "k")
             ),
         ));
@@ -378,7 +385,7 @@ impl Builder<'_> {
         vars.push((
             "ro",
             format!(
-                "lists.range(size(variables.all)).map(j, variables.ro_want[j] && variables.needed[j].all(k, \
+                "lists.range(size(variables.all)).map(j, variables.d[j][{D_RO_WANT}] && variables.needed[j].all(k, \
                  size({name}) <= {MAX_LABEL} && !({name} in variables.taken) && \
                  (variables.wanted_unique || size(variables.wanted.filter(w, w == {name})) == 1)))"
             ),
@@ -387,18 +394,18 @@ impl Builder<'_> {
 
     /// Each setting and the condition under which some part of the pod got it.
     fn applied_terms(&self) -> Vec<(Setting, String)> {
-        let any = |list: &str| format!("variables.{list}.exists(x, x)");
+        let any = |i: usize| format!("variables.d.exists(x, x[{i}])");
         Setting::ALL
             .into_iter()
             .map(|setting| {
                 let cond = match setting {
-                    Setting::RunAsNonRoot => format!("(variables.rnr_pod || {})", any("rnr_c")),
+                    Setting::RunAsNonRoot => format!("(variables.rnr_pod || {})", any(D_RNR)),
                     Setting::RunAsUser => "variables.inject_uid".to_owned(),
                     Setting::RunAsGroup => "variables.inject_gid".to_owned(),
                     Setting::SeccompProfile => "variables.seccomp".to_owned(),
-                    Setting::AllowPrivilegeEscalation => any("ape"),
-                    Setting::Capabilities => any("caps"),
-                    Setting::ReadOnlyRootFilesystem => any("ro"),
+                    Setting::AllowPrivilegeEscalation => any(D_APE),
+                    Setting::Capabilities => any(D_CAPS),
+                    Setting::ReadOnlyRootFilesystem => "variables.ro.exists(x, x)".to_owned(),
                     Setting::FsGroup => "variables.fs_group".to_owned(),
                     Setting::FsGroupChangePolicy => "variables.fs_group_change_policy".to_owned(),
                 };
@@ -468,33 +475,49 @@ impl Builder<'_> {
     fn container_ops(&self, list: &str, offset: &str) -> String {
         let at = format!("'/spec/{list}/' + string(i)");
         let sc = format!("{at} + '/securityContext'");
-        let d = |name: &str| format!("variables.{name}[{offset}i]");
-        let (rnr, ape, caps, ro, needed) = (d("rnr_c"), d("ape"), d("caps"), d("ro"), d("needed"));
+        let d = |i: usize| format!("variables.d[{offset}i][{i}]");
+        let (rnr, ape, caps) = (d(D_RNR), d(D_APE), d(D_CAPS));
+        let (ro, needed) = (
+            format!("variables.ro[{offset}i]"),
+            format!("variables.needed[{offset}i]"),
+        );
         let name = volume_name("c", "k");
         let volume = format!(
             "Object.spec.volumes{{name: {name}, emptyDir: Object.spec.volumes.emptyDir{{}}}}"
         );
         let mount = format!("{{'name': {name}, 'mountPath': variables.paths[k]}}");
-        [
-            format!(
-                "(!c.?securityContext.hasValue() && ({rnr} || {ape} || {caps} || {ro}) ? \
-                 [JSONPatch{{op: 'add', path: {sc}, value: {{}}}}] : [])"
-            ),
+        // A container without a securityContext gets it whole, in one operation.
+        let ty = format!("Object.spec.{list}.securityContext");
+        let whole = format!(
+            "{ty}{{?runAsNonRoot: {rnr} ? optional.of(true) : optional.none(), \
+             ?allowPrivilegeEscalation: {ape} ? optional.of(false) : optional.none(), \
+             ?capabilities: {caps} ? optional.of({ty}.capabilities{{drop: ['ALL']}}) : optional.none(), \
+             ?readOnlyRootFilesystem: {ro} ? optional.of(true) : optional.none()}}"
+        );
+        let fields = [
             format!("({rnr} ? [JSONPatch{{op: 'add', path: {sc} + '/runAsNonRoot', value: true}}] : [])"),
             format!(
                 "({ape} ? [JSONPatch{{op: 'add', path: {sc} + '/allowPrivilegeEscalation', value: false}}] : [])"
             ),
             format!(
-                "({caps} ? (c.?securityContext.?capabilities.?drop.hasValue() ? \
+                "({caps} ? (c.securityContext.?capabilities.?drop.hasValue() ? \
                  [JSONPatch{{op: 'add', path: {sc} + '/capabilities/drop/-', value: 'ALL'}}] : \
-                 (c.?securityContext.?capabilities.hasValue() ? \
+                 (has(c.securityContext.capabilities) ? \
                  [JSONPatch{{op: 'add', path: {sc} + '/capabilities/drop', value: ['ALL']}}] : \
                  [JSONPatch{{op: 'add', path: {sc} + '/capabilities', value: {{'drop': ['ALL']}}}}])) : [])"
             ),
+            format!("({ro} ? [JSONPatch{{op: 'add', path: {sc} + '/readOnlyRootFilesystem', value: true}}] : [])"),
+        ]
+        .join(" + ");
+        [
             format!(
-                "({ro} ? [JSONPatch{{op: 'add', path: {sc} + '/readOnlyRootFilesystem', value: true}}] + \
-                 (!c.?volumeMounts.hasValue() && size({needed}) > 0 ? \
-                 [JSONPatch{{op: 'add', path: {at} + '/volumeMounts', value: []}}] : []) + \
+                "(!has(c.securityContext) ? \
+                 ({rnr} || {ape} || {caps} || {ro} ? [JSONPatch{{op: 'add', path: {sc}, value: {whole}}}] : []) : \
+                 ({fields}))"
+            ),
+            format!(
+                "({ro} && size({needed}) > 0 ? \
+                 (has(c.volumeMounts) ? [] : [JSONPatch{{op: 'add', path: {at} + '/volumeMounts', value: []}}]) + \
                  {needed}.map(k, \
                  [JSONPatch{{op: 'add', path: '/spec/volumes/-', value: {volume}}}, \
                  JSONPatch{{op: 'add', path: {at} + '/volumeMounts/-', value: {mount}}}]).flatten() : [])"
@@ -566,11 +589,14 @@ fn conflict(c: &str) -> String {
 }
 
 /// Whether container `c` already mounts something at writable path `k`,
-/// comparing by component as the kubelet does (`/tmp/`, `/tmp/.` are `/tmp`).
+/// comparing by component as the kubelet does (`/tmp/`, `/tmp/.` are `/tmp`);
+/// a mount path already in canonical form is compared as a string only.
 fn mounted(c: &str, k: &str) -> String {
     let same = |field: &str| {
         format!(
-            "x.{field} == variables.paths[{k}] || (x.{field}.startsWith('/') && \
+            "x.{field} == variables.paths[{k}] || \
+             ((x.{field}.endsWith('/') || x.{field}.contains('//') || x.{field}.contains('/.')) && \
+             x.{field}.startsWith('/') && \
              x.{field}.split('/').filter(s, s != '' && s != '.') == variables.parts[{k}])"
         )
     };
