@@ -63,24 +63,29 @@ impl NativePolicy {
     /// Generates the policy for `config_toml` (layered over the embedded
     /// default), bound to namespaces labelled `key=value`, with
     /// failurePolicy Fail: a policy that errors must not pass a test.
-    pub async fn apply(
+    pub async fn apply(client: &Client, config_toml: &str, label: (&str, &str)) -> Result<Self> {
+        Self::apply_with(client, config_toml, label, &[]).await
+    }
+
+    /// As [`NativePolicy::apply`], with more `kube-hardener policy` arguments.
+    pub async fn apply_with(
         client: &Client,
         config_toml: &str,
         (key, value): (&str, &str),
+        extra: &[&str],
     ) -> Result<Self> {
         let name = unique_name("kh-e2e-map");
         let label = format!("{key}={value}");
-        let objects = generate(
-            config_toml,
-            &[
-                "--name",
-                &name,
-                "--namespace-label",
-                &label,
-                "--failure-policy",
-                "Fail",
-            ],
-        )?;
+        let mut args = vec![
+            "--name",
+            &name,
+            "--namespace-label",
+            &label,
+            "--failure-policy",
+            "Fail",
+        ];
+        args.extend_from_slice(extra);
+        let objects = generate(config_toml, &args)?;
         let created = NativePolicy {
             name: name.clone(),
             client: client.clone(),

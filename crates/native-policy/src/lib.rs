@@ -40,6 +40,13 @@ pub struct PolicyArgs {
     #[arg(long, value_enum, default_value_t = FailurePolicy::Ignore)]
     pub failure_policy: FailurePolicy,
 
+    /// IfNeeded runs the policy again after later mutations (sidecar
+    /// injectors) so their containers are hardened too; the API server then
+    /// also reruns it after its own change, which costs a second evaluation.
+    /// Never evaluates once, for clusters where nothing mutates pods after it.
+    #[arg(long, value_enum, default_value_t = Reinvocation::IfNeeded)]
+    pub reinvocation_policy: Reinvocation,
+
     /// Print the table of differences from the webhook and exit.
     #[arg(long)]
     pub differences: bool,
@@ -57,6 +64,22 @@ impl FailurePolicy {
         match self {
             FailurePolicy::Ignore => "Ignore",
             FailurePolicy::Fail => "Fail",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "PascalCase")]
+pub enum Reinvocation {
+    IfNeeded,
+    Never,
+}
+
+impl Reinvocation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reinvocation::IfNeeded => "IfNeeded",
+            Reinvocation::Never => "Never",
         }
     }
 }
@@ -138,7 +161,7 @@ pub fn generate(config: &Config, args: &PolicyArgs) -> Result<Generated, PolicyE
             "failurePolicy": args.failure_policy.as_str(),
             // Other mutators may add containers after this policy ran; the
             // operations add only what is unset, so a rerun is safe.
-            "reinvocationPolicy": "IfNeeded",
+            "reinvocationPolicy": args.reinvocation_policy.as_str(),
             "matchConstraints": constraints,
             "variables": program.variables.iter()
                 .map(|(name, expression)| json!({"name": name, "expression": expression}))
@@ -264,6 +287,8 @@ mod tests {
         assert_eq!(generated.policy["metadata"]["name"], "harden");
         assert_eq!(spec["failurePolicy"], "Fail");
         assert_eq!(spec["reinvocationPolicy"], "IfNeeded");
+        let never = generate(&config, &args(&["--reinvocation-policy", "Never"])).unwrap();
+        assert_eq!(never.policy["spec"]["reinvocationPolicy"], "Never");
         assert_eq!(
             spec["matchConstraints"]["namespaceSelector"]["matchExpressions"][0]["values"],
             json!([

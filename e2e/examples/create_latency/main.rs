@@ -93,6 +93,21 @@ async fn main() -> Result<()> {
     .await?;
     let _policy = NativePolicy::apply(&client, "", (GROUP_LABEL, &policy_group)).await?;
     wait_until_hardening(&native).await?;
+    let once_group = unique_name("bench-once");
+    let native_once = TestNamespace::create(
+        &client,
+        "bench-once",
+        NamespaceOptions::in_group(&once_group, BTreeMap::new()),
+    )
+    .await?;
+    let _policy_once = NativePolicy::apply_with(
+        &client,
+        "",
+        (GROUP_LABEL, &once_group),
+        &["--reinvocation-policy", "Never"],
+    )
+    .await?;
+    wait_until_hardening(&native_once).await?;
 
     let arms = [
         ("not registered", plain.pods(), false),
@@ -112,6 +127,11 @@ async fn main() -> Result<()> {
             native.pods(),
             true,
         ),
+        (
+            "native policy, --reinvocation-policy Never",
+            native_once.pods(),
+            true,
+        ),
     ];
 
     let mut samples = interleaved(arms.len(), WARM_UP, creates, async |arm, name| {
@@ -125,12 +145,13 @@ async fn main() -> Result<()> {
     println!();
     let labels: Vec<&str> = arms.iter().map(|(label, _, _)| *label).collect();
     print!("{}", table(&labels, &summaries));
-    let (without, called, with, floor, native) = (
+    let (without, called, with, floor, native, once) = (
         &summaries[0],
         &summaries[1],
         &summaries[2],
         &summaries[3],
         &summaries[4],
+        &summaries[5],
     );
     println!();
     // What the server itself spent per review, to tell its share of the added
@@ -177,6 +198,11 @@ async fn main() -> Result<()> {
         "added median of the native policy: {} ms; native policy minus webhook: {} ms",
         ms(native.median.saturating_sub(without.median)),
         signed_ms(native.median.as_secs_f64() - with.median.as_secs_f64()),
+    );
+    println!(
+        "added median of the native policy with reinvocationPolicy Never: {} ms; minus webhook: {} ms",
+        ms(once.median.saturating_sub(without.median)),
+        signed_ms(once.median.as_secs_f64() - with.median.as_secs_f64()),
     );
     Ok(())
 }
