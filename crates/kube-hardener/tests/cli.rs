@@ -778,7 +778,10 @@ fn policy_output_golden() {
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert_eq!(out.stderr, "", "the default configuration needs no note");
     let documents = yaml_documents(&out.stdout);
-    let kinds: Vec<&str> = documents.iter().filter_map(|d| d["kind"].as_str()).collect();
+    let kinds: Vec<&str> = documents
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
     assert_eq!(
         kinds,
         ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
@@ -788,24 +791,32 @@ fn policy_output_golden() {
 
 #[test]
 fn policy_notes_features_without_a_native_equivalent() {
-    let out = run(
-        kh().arg("policy")
-            .env("KUBE_HARDENER_IMAGES__RESOLVE", "true")
-            .env("KUBE_HARDENER_HARDENING__MUTATE_WORKLOADS", "true"),
-    );
+    let out = run(kh()
+        .arg("policy")
+        .env("KUBE_HARDENER_IMAGES__RESOLVE", "true")
+        .env("KUBE_HARDENER_HARDENING__MUTATE_WORKLOADS", "true"));
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert!(out.stderr.contains("note (image-aware)"), "{}", out.stderr);
-    assert!(out.stderr.contains("note (workload-templates)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("note (workload-templates)"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(yaml_documents(&out.stdout).len(), 2);
 }
 
 #[test]
 fn policy_refuses_audit_and_prints_the_differences() {
-    let stderr = bad(kh().arg("policy").env("KUBE_HARDENER_SERVER__AUDIT", "true"));
+    let stderr = bad(kh()
+        .arg("policy")
+        .env("KUBE_HARDENER_SERVER__AUDIT", "true"));
     assert!(stderr.contains("server.audit"), "{stderr}");
     let out = run(kh().args(["policy", "--differences"]));
     assert_eq!(out.code, 0);
     let docs = std::fs::read_to_string(workspace_root().join("docs/native-policy.md")).unwrap();
-    assert!(docs.contains(&out.stdout), "docs/native-policy.md lacks the table");
+    assert!(
+        docs.contains(&out.stdout),
+        "docs/native-policy.md lacks the table"
+    );
     assert!(out.stdout.contains("`hashed-volume-names`"));
 }
