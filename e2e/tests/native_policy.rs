@@ -568,6 +568,36 @@ async fn differential(
                 comparable(&rerun)
             ));
         }
+        // A later mutator (a sidecar injector) adds a container to the
+        // hardened pod: both harden just that one, alike.
+        let mut injected = again;
+        let sidecar = json!({"name": "injected", "image": "proxy:1", "restartPolicy": "Always"});
+        match injected["spec"]["initContainers"].as_array_mut() {
+            Some(list) => list.push(sidecar),
+            None => injected["spec"]["initContainers"] = json!([sidecar]),
+        }
+        let webhook = dry_run_create(client, &pair.webhook.name, &injected).await;
+        let policy = dry_run_create(client, &pair.policy.name, &injected).await;
+        match (webhook, policy) {
+            (Ok(webhook), Ok(policy)) => {
+                let (expected, applied) = expected_from_policy(&webhook, &injected);
+                seen.extend(applied);
+                if comparable(&policy) != expected {
+                    failures.push(format!(
+                        "{} with an injected sidecar\n  webhook (expected): {}\n  policy:             {}",
+                        case.name,
+                        expected,
+                        comparable(&policy)
+                    ));
+                }
+            }
+            (webhook, policy) => failures.push(format!(
+                "{} with an injected sidecar: webhook {:?}, policy {:?}",
+                case.name,
+                webhook.map(|_| "stored").map_err(|e| format!("{e:#}")),
+                policy.map(|_| "stored").map_err(|e| format!("{e:#}"))
+            )),
+        }
     }
     if !failures.is_empty() {
         bail!(

@@ -71,6 +71,8 @@ pub(crate) fn configured_paths(policy: &Policy) -> Vec<String> {
 /// What the generated policy consists of.
 #[derive(Debug, Clone)]
 pub(crate) struct Program {
+    /// Skips the pod when every field the policy could add is already set.
+    pub already_hardened: String,
     pub variables: Vec<(&'static str, String)>,
     pub patch: String,
 }
@@ -557,6 +559,48 @@ impl Builder<'_> {
         )
     }
 
+    /// A cheap sufficient test that no operation would be generated: every
+    /// field the enabled settings fill in is set already. The API server
+    /// reruns an `IfNeeded` policy right after its own change; this makes that
+    /// second evaluation cost a few field tests instead of the whole program.
+    /// A container added in between (a sidecar injector) fails the test, and
+    /// the pod is evaluated in full.
+    fn already_hardened(&self) -> String {
+        let pod = "object.spec.?securityContext";
+        let mut terms = Vec::new();
+        let mut pod_field = |setting: Setting, field: &str| {
+            if self.policy.enables(setting) {
+                terms.push(format!("{pod}.?{field}.hasValue()"));
+            }
+        };
+        pod_field(Setting::RunAsNonRoot, "runAsNonRoot");
+        pod_field(Setting::SeccompProfile, "seccompProfile");
+        pod_field(Setting::RunAsUser, "runAsUser");
+        pod_field(Setting::RunAsGroup, "runAsGroup");
+        pod_field(Setting::FsGroup, "fsGroup");
+        if self.policy.enables(Setting::FsGroupChangePolicy) {
+            terms.push(format!(
+                "(!{pod}.?fsGroup.hasValue() || {pod}.?fsGroupChangePolicy.hasValue())"
+            ));
+        }
+        let mut container = vec!["has(c.securityContext)".to_owned()];
+        if self.policy.enables(Setting::AllowPrivilegeEscalation) {
+            container.push("has(c.securityContext.allowPrivilegeEscalation)".to_owned());
+        }
+        if self.policy.enables(Setting::Capabilities) {
+            container.push("'ALL' in c.securityContext.?capabilities.?drop.orValue([])".to_owned());
+        }
+        if self.policy.enables(Setting::ReadOnlyRootFilesystem) {
+            container.push("has(c.securityContext.readOnlyRootFilesystem)".to_owned());
+        }
+        let container = container.join(" && ");
+        terms.push(format!("object.spec.containers.all(c, {container})"));
+        terms.push(format!(
+            "object.spec.?initContainers.orValue([]).all(c, {container})"
+        ));
+        format!("!({})", terms.join(" && "))
+    }
+
     fn patch(&self) -> String {
         let mut parts = vec![self.pod_ops()];
         // `variables.all` lists containers first, then init containers.
@@ -622,6 +666,7 @@ fn volume_name(c: &str, k: &str) -> String {
 pub(crate) fn program(policy: &Policy) -> Program {
     let builder = Builder { policy };
     Program {
+        already_hardened: builder.already_hardened(),
         variables: builder.variables(),
         patch: builder.patch(),
     }

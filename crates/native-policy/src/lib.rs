@@ -163,6 +163,7 @@ pub fn generate(config: &Config, args: &PolicyArgs) -> Result<Generated, PolicyE
             // operations add only what is unset, so a rerun is safe.
             "reinvocationPolicy": args.reinvocation_policy.as_str(),
             "matchConstraints": constraints,
+            "matchConditions": [{"name": "not-already-hardened", "expression": program.already_hardened}],
             "variables": program.variables.iter()
                 .map(|(name, expression)| json!({"name": name, "expression": expression}))
                 .collect::<Vec<_>>(),
