@@ -147,12 +147,25 @@ fn install_cert_manager_crds() -> Result<Vec<&'static str>> {
             ])
             .arg(&path))?;
         installed.push(crd);
-        run(kubectl().args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("customresourcedefinition/{crd}"),
-        ]))?;
+        // Right after creation the CRD may have no status.conditions yet, and
+        // `kubectl wait` then fails at once ("accessor error") instead of
+        // waiting: ask again, a bounded number of times.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match run(kubectl().args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("customresourcedefinition/{crd}"),
+            ])) {
+                Ok(_) => break,
+                Err(error) if attempt < 20 && format!("{error:#}").contains("accessor error") => {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
     Ok(installed)
 }
