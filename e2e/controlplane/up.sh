@@ -79,12 +79,17 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # A port nothing listens on; the kernel hands out ephemeral ports above 32768,
-# so picking below that avoids racing with outgoing connections.
+# so picking below that avoids racing with outgoing connections. Every port
+# handed out is recorded in $state/ports and never handed out again: the
+# processes started in the background bind theirs only later, so the probe
+# alone would not see them.
 free_port() {
     local port
     for _ in $(seq 1 200); do
         port=$((20000 + RANDOM % 12000))
+        if grep -qx "$port" "$state/ports" 2>/dev/null; then continue; fi
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port" >>"$state/ports"
             echo "$port"
             return 0
         fi
