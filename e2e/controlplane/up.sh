@@ -198,39 +198,41 @@ log "starting etcd ${ETCD_VERSION} on 127.0.0.1:${etcd_port}"
 pids+=($!)
 
 # --- kube-apiserver -------------------------------------------------------------
-api_port="$(free_port)"
 node_flags=()
 if ((with_node)); then mapfile -t node_flags < <(node_apiserver_flags); fi
-log "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${api_port}"
-# Webhook calls go to loopback: a proxy inherited from the environment must not
-# intercept them.
-env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy NO_PROXY='*' \
-    "$CONTROLPLANE_DIR/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:${etcd_port}" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --endpoint-reconciler-type=none \
-    --secure-port="$api_port" \
-    --cert-dir="$pki" \
-    --tls-cert-file="$pki/apiserver.crt" \
-    --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" \
-    --service-account-issuer="https://127.0.0.1:${api_port}" \
-    --service-account-key-file="$pki/sa.pub" \
-    --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/24 \
-    --authorization-mode=Node,RBAC \
-    --allow-privileged=true \
-    --disable-admission-plugins=DefaultStorageClass,StorageObjectInUseProtection,PersistentVolumeClaimResize \
-    --admission-control-config-file="$pki/admission.yaml" \
-    "${node_flags[@]}" \
-    --v=1 \
-    >"$state/kube-apiserver.log" 2>&1 &
-pids+=($!)
+# Starts kube-apiserver on a fresh free port and writes the kubeconfig for it.
+start_apiserver() {
+    api_port="$(free_port)"
+    log "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${api_port}"
+    # Webhook calls go to loopback: a proxy inherited from the environment must not
+    # intercept them.
+    env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy NO_PROXY='*' \
+        "$CONTROLPLANE_DIR/kube-apiserver" \
+        --etcd-servers="http://127.0.0.1:${etcd_port}" \
+        --bind-address=127.0.0.1 \
+        --advertise-address=127.0.0.1 \
+        --endpoint-reconciler-type=none \
+        --secure-port="$api_port" \
+        --cert-dir="$pki" \
+        --tls-cert-file="$pki/apiserver.crt" \
+        --tls-private-key-file="$pki/apiserver.key" \
+        --client-ca-file="$pki/ca.crt" \
+        --service-account-issuer="https://127.0.0.1:${api_port}" \
+        --service-account-key-file="$pki/sa.pub" \
+        --service-account-signing-key-file="$pki/sa.key" \
+        --service-cluster-ip-range=10.96.0.0/24 \
+        --authorization-mode=Node,RBAC \
+        --allow-privileged=true \
+        --disable-admission-plugins=DefaultStorageClass,StorageObjectInUseProtection,PersistentVolumeClaimResize \
+        --admission-control-config-file="$pki/admission.yaml" \
+        "${node_flags[@]}" \
+        --v=1 \
+        >"$state/kube-apiserver.log" 2>&1 &
+    pids+=($!)
 
-# --- kubeconfig -----------------------------------------------------------------
-kubeconfig="$state/kubeconfig"
-cat >"$kubeconfig" <<KUBECONFIG
+    # --- kubeconfig -----------------------------------------------------------------
+    kubeconfig="$state/kubeconfig"
+    cat >"$kubeconfig" <<KUBECONFIG
 apiVersion: v1
 kind: Config
 clusters:
@@ -250,6 +252,9 @@ contexts:
     user: admin
 current-context: kube-hardener-e2e
 KUBECONFIG
+}
+start_apiserver
+api_attempts=1
 
 # --- wait for readiness -----------------------------------------------------------
 log "waiting for /readyz"
@@ -259,6 +264,17 @@ until curl --silent --fail --max-time 2 --noproxy '*' \
     "https://127.0.0.1:${api_port}/readyz" >/dev/null 2>&1; do
     for i in "${!pids[@]}"; do
         if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+            # Another process may take a free port between the probe and the
+            # bind: a new port, a bounded number of times.
+            if [[ $i == 1 ]] && ((api_attempts < 3)) &&
+                grep -F "address already in use" "$state/kube-apiserver.log" >/dev/null; then
+                log "port ${api_port} was taken before kube-apiserver bound it; another port"
+                api_attempts=$((api_attempts + 1))
+                unset 'pids[1]'
+                start_apiserver
+                pids=("${pids[@]}")
+                continue 2
+            fi
             if [[ $i == 0 ]]; then show_log_tail "$state/etcd.log"; else show_log_tail "$state/kube-apiserver.log"; fi
             die "a control-plane process exited during start-up"
         fi
