@@ -25,10 +25,12 @@ mod writable;
 pub use image::{ImageFacts, ImagePolicy, ImageQuery, ImageUser, RootImages, UnknownImages};
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
 pub use policy::Policy;
+pub use rules::{SYS_ADMIN_SPELLINGS, WINDOWS_ROOT_USER};
 pub use setting::{FLAG_KEYS, Row, Setting, SettingSwitches, Switch, TABLE, UnknownSetting};
 pub use writable::{
     MAX_LABEL, MAX_WRITABLE_PATHS, RUNTIME_MANAGED, SAFE_BELOW_RUNTIME_MANAGED,
-    base_name as volume_base_name, check_writable_path, is_dns_label,
+    base_name as volume_base_name, check_writable_path, collect as collect_writable_paths,
+    is_dns_label,
 };
 
 use std::collections::BTreeMap;

@@ -75,7 +75,7 @@ pub fn check_writable_path(path: &str) -> Result<&str, &'static str> {
 /// Valid, de-duplicated paths (trailing slashes trimmed) from a list, at most
 /// [`MAX_WRITABLE_PATHS`]; invalid entries become warnings on `field` and
 /// are skipped.
-pub(crate) fn collect<'a>(
+pub fn collect<'a>(
     entries: impl IntoIterator<Item = &'a str>,
     field: &str,
     warnings: &mut Vec<Warning>,

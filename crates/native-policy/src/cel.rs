@@ -9,8 +9,8 @@
 
 use kube_hardener_engine::{
     ANNOTATION_APPLIED, ANNOTATION_SKIP, ANNOTATION_WRITABLE_PATHS, MAX_LABEL, MAX_WRITABLE_PATHS,
-    Policy, RUNTIME_MANAGED, SAFE_BELOW_RUNTIME_MANAGED, Setting, check_writable_path,
-    volume_base_name,
+    Policy, RUNTIME_MANAGED, SAFE_BELOW_RUNTIME_MANAGED, SYS_ADMIN_SPELLINGS, Setting,
+    WINDOWS_ROOT_USER, collect_writable_paths, volume_base_name,
 };
 
 /// The pod-level legacy seccomp annotation: an explicit choice at pod level.
@@ -53,19 +53,34 @@ pub(crate) fn volume_suffix(path: &str) -> String {
         .to_owned()
 }
 
-/// The configured writable paths as the engine uses them: validated,
-/// trailing slashes trimmed, de-duplicated, at most `MAX_WRITABLE_PATHS`.
-pub(crate) fn configured_paths(policy: &Policy) -> Vec<String> {
-    let mut paths: Vec<String> = Vec::new();
-    for entry in policy.writable_paths.iter().map(|p| p.trim()) {
-        if let Ok(path) = check_writable_path(entry)
-            && !paths.iter().any(|p| p == path)
-            && paths.len() < MAX_WRITABLE_PATHS
-        {
-            paths.push(path.to_owned());
-        }
+/// The configured writable paths exactly as the engine uses them (the
+/// engine's own collection; its warnings are the webhook's to give).
+pub(crate) fn configured_paths(policy: &Policy) -> Vec<&str> {
+    let mut warnings = Vec::new();
+    collect_writable_paths(
+        policy.writable_paths.iter().map(String::as_str),
+        "hardening.writable_paths",
+        &mut warnings,
+    )
+}
+
+/// A CEL test that the user name `name` (a string expression) is the Windows
+/// administrator, compared as the engine does (trimmed, any case).
+fn is_windows_root(name: &str) -> String {
+    format!(
+        "{name}.trim().lowerAscii() == {}",
+        quote(&WINDOWS_ROOT_USER.to_lowercase())
+    )
+}
+
+/// The policy's variables, in order (each may use the ones before it).
+#[derive(Debug, Default)]
+struct Vars(Vec<(String, String)>);
+
+impl Vars {
+    fn push(&mut self, (name, expression): (impl Into<String>, String)) {
+        self.0.push((name.into(), expression));
     }
-    paths
 }
 
 /// What the generated policy consists of.
@@ -73,7 +88,7 @@ pub(crate) fn configured_paths(policy: &Policy) -> Vec<String> {
 pub(crate) struct Program {
     /// Skips the pod when every field the policy could add is already set.
     pub already_hardened: String,
-    pub variables: Vec<(&'static str, String)>,
+    pub variables: Vec<(String, String)>,
     pub patch: String,
 }
 
@@ -105,8 +120,8 @@ impl Builder<'_> {
         )
     }
 
-    fn variables(&self) -> Vec<(&'static str, String)> {
-        let mut vars: Vec<(&'static str, String)> = Vec::new();
+    fn variables(&self) -> Vec<(String, String)> {
+        let mut vars = Vars::default();
         let mut skip = self.skip_list("namespaceObject.metadata.?annotations");
         if self.policy.allow_pod_opt_out {
             skip = format!(
@@ -127,25 +142,12 @@ impl Builder<'_> {
                 .to_owned(),
         ));
         // HostProcess containers exist only on Windows nodes.
-        vars.push((
-            "windows",
-            "object.spec.?os.?name.orValue('') == 'windows' || \
+        vars.push(("windows", "object.spec.?os.?name.orValue('') == 'windows' || \
              object.spec.?securityContext.?windowsOptions.?hostProcess.orValue(false) || \
              variables.all.exists(c, has(c.securityContext) && c.securityContext.?windowsOptions.?hostProcess.orValue(false))"
                 .to_owned(),
         ));
         for setting in Setting::ALL.into_iter().filter(|s| self.policy.enables(*s)) {
-            let name: &'static str = match setting {
-                Setting::RunAsNonRoot => "on_runAsNonRoot",
-                Setting::RunAsUser => "on_runAsUser",
-                Setting::RunAsGroup => "on_runAsGroup",
-                Setting::SeccompProfile => "on_seccompProfile",
-                Setting::AllowPrivilegeEscalation => "on_allowPrivilegeEscalation",
-                Setting::Capabilities => "on_capabilities",
-                Setting::ReadOnlyRootFilesystem => "on_readOnlyRootFilesystem",
-                Setting::FsGroup => "on_fsGroup",
-                Setting::FsGroupChangePolicy => "on_fsGroupChangePolicy",
-            };
             let skipped = format!(
                 "!({} in variables.skip)",
                 quote(&setting.name().to_lowercase())
@@ -156,7 +158,7 @@ impl Builder<'_> {
             } else {
                 format!("{skipped} && !variables.windows")
             };
-            vars.push((name, expr));
+            vars.push((format!("on_{}", setting.name()), expr));
         }
         let pod = "object.spec.?securityContext";
         let unset_everywhere = |field: &str| {
@@ -164,28 +166,21 @@ impl Builder<'_> {
                 "!{pod}.?{field}.hasValue() && variables.all.all(c, !c.?securityContext.?{field}.hasValue())"
             )
         };
-        vars.push((
-            "inject_uid",
-            match self.policy.run_as_user {
+        // A configured id is injected where the pod and every container leave it unset.
+        for (name, setting, configured) in [
+            ("inject_uid", Setting::RunAsUser, self.policy.run_as_user),
+            ("inject_gid", Setting::RunAsGroup, self.policy.run_as_group),
+        ] {
+            let expr = match configured {
                 Some(_) => format!(
                     "{} && {}",
-                    self.on(Setting::RunAsUser),
-                    unset_everywhere("runAsUser")
+                    self.on(setting),
+                    unset_everywhere(setting.name())
                 ),
                 None => "false".to_owned(),
-            },
-        ));
-        vars.push((
-            "inject_gid",
-            match self.policy.run_as_group {
-                Some(_) => format!(
-                    "{} && {}",
-                    self.on(Setting::RunAsGroup),
-                    unset_everywhere("runAsGroup")
-                ),
-                None => "false".to_owned(),
-            },
-        ));
+            };
+            vars.push((name, expr));
+        }
         // The UID the pod runs as when a container sets none; -1 for none.
         let injected = self.policy.run_as_user.map_or("-1".to_owned(), |uid| {
             format!("(variables.inject_uid ? {uid} : -1)")
@@ -209,9 +204,7 @@ impl Builder<'_> {
                 conflict("c")
             ),
         ));
-        vars.push((
-            "seccomp",
-            format!(
+        vars.push(("seccomp", format!(
                 "{} && !{pod}.?seccompProfile.hasValue() && !object.metadata.?annotations[?{}].hasValue()",
                 self.on(Setting::SeccompProfile),
                 quote(LEGACY_SECCOMP_POD)
@@ -252,12 +245,12 @@ impl Builder<'_> {
             applied.join(" + ")
         };
         vars.push(("applied", applied));
-        vars
+        vars.0
     }
 
     /// The writable paths of this pod, their pointer-free components and
     /// volume-name suffixes, and the names the containers would get.
-    fn writable_variables(&self, vars: &mut Vec<(&'static str, String)>) {
+    fn writable_variables(&self, vars: &mut Vars) {
         let annotation = format!(
             "object.metadata.?annotations[?{}]",
             quote(ANNOTATION_WRITABLE_PATHS)
@@ -279,9 +272,7 @@ impl Builder<'_> {
             runtime = below(&RUNTIME_MANAGED, &canon("p")),
             safe = below(&SAFE_BELOW_RUNTIME_MANAGED, &canon("p")),
         );
-        vars.push((
-            "wp_valid",
-            format!(
+        vars.push(("wp_valid", format!(
                 "variables.wp_set ? {annotation}.value().split(',').map(p, p.trim()).filter(p, {valid}).map(p, {}).distinct() : []",
                 canon("p")
             ),
@@ -302,17 +293,13 @@ impl Builder<'_> {
         // The engine's name rule for a path: lower-cased, each run of other
         // characters one `-`, none at either end.
         let alnum = |j: &str| format!("p.lowerAscii().charAt({j}).matches('^[a-z0-9]$')");
-        vars.push((
-            "raw_suffixes",
-            format!(
+        vars.push(("raw_suffixes", format!(
                 "variables.paths.map(p, lists.range(size(p)).filter(j, {a} || (j > 0 && {b})).map(j, {a} ? p.lowerAscii().charAt(j) : '-').join())",
                 a = alnum("j"),
                 b = alnum("j - 1"),
             ),
         ));
-        vars.push((
-            "suffixes",
-            format!(
+        vars.push(("suffixes", format!(
                 "variables.wp_set ? variables.raw_suffixes.map(s, s == '' ? '' : '-' + (s.endsWith('-') ? s.substring(0, size(s) - 1) : s)) : {}",
                 list(configured.iter().map(|p| quote(&volume_suffix(p))))
             ),
@@ -330,12 +317,14 @@ impl Builder<'_> {
 
     /// Per-container decisions, one list each over `variables.all`, so every
     /// test runs once per container: the cost stays linear in the pod.
-    fn container_variables(&self, vars: &mut Vec<(&'static str, String)>) {
+    fn container_variables(&self, vars: &mut Vars) {
         // [runAsNonRoot, allowPrivilegeEscalation, capabilities, read-only
         // root wanted] per container (indices `D_*`). A container without a
         // securityContext, the common case, takes the short branch.
-        let pod_conflict = "variables.pod_uid == 0 || \
-            variables.pod_user_name.trim().lowerAscii() == 'containeradministrator'";
+        let pod_conflict = format!(
+            "variables.pod_uid == 0 || {}",
+            is_windows_root("variables.pod_user_name")
+        );
         let (ape_on, caps_on, ro_on) = (
             self.on(Setting::AllowPrivilegeEscalation),
             self.on(Setting::Capabilities),
@@ -348,10 +337,11 @@ impl Builder<'_> {
             "[variables.rnr_open && !variables.rnr_pod && !({conflict}) && !has(c.securityContext.runAsNonRoot), \
              {ape_on} && !has(c.securityContext.allowPrivilegeEscalation) && \
              !c.securityContext.?privileged.orValue(false) && \
-             !c.securityContext.?capabilities.?add.orValue([]).exists(a, a.trim().upperAscii() in ['SYS_ADMIN', 'CAP_SYS_ADMIN']), \
+             !c.securityContext.?capabilities.?add.orValue([]).exists(a, a.trim().upperAscii() in {sys_admin}), \
              {caps_on} && !('ALL' in c.securityContext.?capabilities.?drop.orValue([])), \
              {ro_on} && !has(c.securityContext.readOnlyRootFilesystem)]",
             conflict = conflict("c"),
+            sys_admin = list(SYS_ADMIN_SPELLINGS.iter().map(|cap| quote(cap))),
         );
         vars.push((
             "d",
@@ -366,9 +356,7 @@ impl Builder<'_> {
             ),
         ));
         // Every name the containers would get, sorted, to find two that coincide.
-        vars.push((
-            "wanted",
-            format!(
+        vars.push(("wanted", format!(
                 "lists.range(size(variables.all)).filter(j, variables.d[j][{D_RO_WANT}]).map(j, variables.needed[j].map(k, {})).flatten().sort()",
                 volume_name("j", "k")
             ),
@@ -376,17 +364,13 @@ impl Builder<'_> {
         // Two containers' names can coincide only with two or more paths and a
         // container name holding a `-` (`a` + `-b-c` and `a-b` + `-c`): only
         // then are the names built and compared, which costs the most.
-        vars.push((
-            "wanted_unique",
-            "size(variables.paths) < 2 || !variables.all.exists(c, c.name.contains('-')) || \
+        vars.push(("wanted_unique", "size(variables.paths) < 2 || !variables.all.exists(c, c.name.contains('-')) || \
              lists.range(size(variables.wanted)).all(j, j == 0 || variables.wanted[j] != variables.wanted[j - 1])"
                 .to_owned(),
         ));
         // Read-only root, when every volume the container needs gets its plain name.
         let name = volume_name("j", "k");
-        vars.push((
-            "ro",
-            format!(
+        vars.push(("ro", format!(
                 "lists.range(size(variables.all)).map(j, variables.d[j][{D_RO_WANT}] && variables.needed[j].all(k, \
                  size({name}) <= {MAX_LABEL} && !({name} in variables.taken) && \
                  (variables.wanted_unique || size(variables.wanted.filter(w, w == {name})) == 1)))"
@@ -627,8 +611,10 @@ impl Builder<'_> {
 fn conflict(c: &str) -> String {
     format!(
         "!{c}.?securityContext.?runAsNonRoot.orValue(true) || \
-         {c}.?securityContext.?runAsUser.orValue(variables.pod_uid) == 0 || \
-         {c}.?securityContext.?windowsOptions.?runAsUserName.orValue(variables.pod_user_name).trim().lowerAscii() == 'containeradministrator'"
+         {c}.?securityContext.?runAsUser.orValue(variables.pod_uid) == 0 || {}",
+        is_windows_root(&format!(
+            "{c}.?securityContext.?windowsOptions.?runAsUserName.orValue(variables.pod_user_name)"
+        ))
     )
 }
 
@@ -723,7 +709,7 @@ mod tests {
             ..Policy::default()
         };
         let program = program(&policy);
-        let names: Vec<_> = program.variables.iter().map(|(n, _)| *n).collect();
+        let names: Vec<_> = program.variables.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"on_capabilities"));
         assert!(!names.contains(&"on_readOnlyRootFilesystem"));
         let applied = &program

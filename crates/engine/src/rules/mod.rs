@@ -13,6 +13,8 @@ mod run_as_non_root;
 mod seccomp;
 mod warnings;
 
+pub use privilege_escalation::SYS_ADMIN_SPELLINGS;
+pub use run_as_non_root::WINDOWS_ROOT_USER;
 pub(crate) use seccomp::LegacySeccomp;
 
 use std::borrow::Cow;

@@ -9,12 +9,18 @@ use super::{Edits, RuleInput};
 use crate::view::ContainerView;
 use crate::{Setting, WarningKind};
 
+/// The spellings of SYS_ADMIN in `capabilities.add`: with it, the API server
+/// rejects `allowPrivilegeEscalation: false`.
+pub const SYS_ADMIN_SPELLINGS: [&str; 2] = ["SYS_ADMIN", "CAP_SYS_ADMIN"];
+
 /// Whether the capability list adds SYS_ADMIN under either spelling. Case is
 /// ignored to stay on the safe side of the API server's check.
 pub(crate) fn adds_sys_admin(added: &[&str]) -> bool {
     added.iter().any(|cap| {
         let cap = cap.trim();
-        cap.eq_ignore_ascii_case("SYS_ADMIN") || cap.eq_ignore_ascii_case("CAP_SYS_ADMIN")
+        SYS_ADMIN_SPELLINGS
+            .iter()
+            .any(|spelling| cap.eq_ignore_ascii_case(spelling))
     })
 }
 

@@ -24,7 +24,8 @@ enum Conflict {
 
 /// The user the Windows kubelet treats as root (compared case-insensitively,
 /// as Windows user names are).
-const WINDOWS_ROOT_USER: &str = "ContainerAdministrator";
+/// The Windows user that is root: `runAsNonRoot` refuses it.
+pub const WINDOWS_ROOT_USER: &str = "ContainerAdministrator";
 
 /// What decides a container's user besides its own securityContext.
 #[derive(Debug, Clone, Copy)]
