@@ -7,7 +7,10 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use crate::{delete_in_drop, kube_hardener_command, unique_name};
+use crate::{
+    GROUP_LABEL, NamespaceOptions, TestNamespace, delete_in_drop, kube_hardener_command,
+    unique_name, wait_until_hardening,
+};
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource {
@@ -110,6 +113,25 @@ impl NativePolicy {
         }
         Ok(created)
     }
+}
+
+/// A new namespace (`options` plus a group label of its own) bound to the
+/// policy generated for `config_toml` with the `extra` arguments, returned
+/// once the policy hardens its pods.
+pub async fn bound_namespace(
+    client: &Client,
+    prefix: &str,
+    mut options: NamespaceOptions,
+    config_toml: &str,
+    extra: &[&str],
+) -> Result<(TestNamespace, NativePolicy)> {
+    let group = unique_name(prefix);
+    options.labels.insert(GROUP_LABEL.to_owned(), group.clone());
+    let namespace = TestNamespace::create(client, prefix, options).await?;
+    let policy =
+        NativePolicy::apply_with(client, config_toml, (GROUP_LABEL, &group), extra).await?;
+    wait_until_hardening(&namespace).await?;
+    Ok((namespace, policy))
 }
 
 impl Drop for NativePolicy {

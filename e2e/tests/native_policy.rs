@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use kube::Client;
-use kube_hardener_e2e::native_policy::{NativePolicy, dry_run_create};
+use kube_hardener_e2e::native_policy::{NativePolicy, bound_namespace, dry_run_create};
 use kube_hardener_e2e::{
     GROUP_LABEL, LocalWebhook, NamespaceOptions, RegisterOptions, Registration, ServerOptions,
     TestNamespace, client, plain_pod, unique_name, wait_until_hardening, workspace_root,
@@ -748,26 +748,16 @@ async fn opt_outs_and_exclusions_match_the_webhook() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_pod_passes_the_restricted_profile_through_the_policy() -> Result<()> {
     let client = client().await?;
-    let policy_group = unique_name("p");
-    let restricted = |group: Option<&str>| {
-        let mut labels = BTreeMap::from([(
+    let restricted = NamespaceOptions {
+        labels: BTreeMap::from([(
             "pod-security.kubernetes.io/enforce".to_owned(),
             "restricted".to_owned(),
-        )]);
-        if let Some(group) = group {
-            labels.insert(GROUP_LABEL.to_owned(), group.to_owned());
-        }
-        NamespaceOptions {
-            labels,
-            annotations: BTreeMap::new(),
-        }
+        )]),
+        annotations: BTreeMap::new(),
     };
-    let bound =
-        TestNamespace::create(&client, "map-restricted", restricted(Some(&policy_group))).await?;
-    let unbound =
-        TestNamespace::create(&client, "map-restricted-unbound", restricted(None)).await?;
-    let _policy = NativePolicy::apply(&client, "", (GROUP_LABEL, &policy_group)).await?;
-    wait_until_hardening(&bound).await?;
+    let (bound, _policy) =
+        bound_namespace(&client, "map-restricted", restricted.clone(), "", &[]).await?;
+    let unbound = TestNamespace::create(&client, "map-restricted-unbound", restricted).await?;
     let pod = plain_pod("restricted");
     let stored = dry_run_create(&client, &bound.name, &pod).await?;
     assert_eq!(stored["spec"]["securityContext"]["runAsNonRoot"], true);
@@ -794,16 +784,9 @@ fn wide_pod(name: &str, containers: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_pods_are_hardened_up_to_the_cel_budget() -> Result<()> {
     let client = client().await?;
-    let group = unique_name("p");
-    let namespace = TestNamespace::create(
-        &client,
-        "map-wide",
-        NamespaceOptions::in_group(&group, BTreeMap::new()),
-    )
-    .await?;
     // The suite's policies use failurePolicy Fail, so running out of budget shows.
-    let _policy = NativePolicy::apply(&client, "", (GROUP_LABEL, &group)).await?;
-    wait_until_hardening(&namespace).await?;
+    let (namespace, _policy) =
+        bound_namespace(&client, "map-wide", NamespaceOptions::default(), "", &[]).await?;
     // The cost grows linearly: a thousand containers are all hardened.
     let stored = dry_run_create(&client, &namespace.name, &wide_pod("wide", 1000)).await?;
     let hardened = stored["spec"]["containers"]

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
-use kube_hardener_e2e::native_policy::NativePolicy;
+use kube_hardener_e2e::native_policy::bound_namespace;
 use kube_hardener_e2e::stats::{Summary, count_arg, interleaved, ms, summarize, table};
 use kube_hardener_e2e::{
     GROUP_LABEL, LocalWebhook, NamespaceOptions, PlainAndSkipped, RegisterOptions, Registration,
@@ -84,30 +84,16 @@ async fn main() -> Result<()> {
 
     // The native policy `kube-hardener policy` generates from the same
     // (embedded default) configuration, bound to its own namespace.
-    let policy_group = unique_name("bench-policy");
-    let native = TestNamespace::create(
-        &client,
-        "bench-policy",
-        NamespaceOptions::in_group(&policy_group, BTreeMap::new()),
-    )
-    .await?;
-    let _policy = NativePolicy::apply(&client, "", (GROUP_LABEL, &policy_group)).await?;
-    wait_until_hardening(&native).await?;
-    let once_group = unique_name("bench-once");
-    let native_once = TestNamespace::create(
+    let (native, _policy) =
+        bound_namespace(&client, "bench-policy", Default::default(), "", &[]).await?;
+    let (native_once, _policy_once) = bound_namespace(
         &client,
         "bench-once",
-        NamespaceOptions::in_group(&once_group, BTreeMap::new()),
-    )
-    .await?;
-    let _policy_once = NativePolicy::apply_with(
-        &client,
+        Default::default(),
         "",
-        (GROUP_LABEL, &once_group),
         &["--reinvocation-policy", "Never"],
     )
     .await?;
-    wait_until_hardening(&native_once).await?;
 
     let arms = [
         ("not registered", plain.pods(), false),
