@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Namespace;
@@ -150,24 +151,35 @@ fn install_cert_manager_crds() -> Result<Vec<&'static str>> {
         // Right after creation the CRD may have no status.conditions yet, and
         // `kubectl wait` then fails at once ("accessor error") instead of
         // waiting: ask again, a bounded number of times.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match run(kubectl().args([
+        retry_while("accessor error", Duration::from_millis(250), || {
+            run(kubectl().args([
                 "wait",
                 "--for=condition=Established",
                 "--timeout=60s",
                 &format!("customresourcedefinition/{crd}"),
-            ])) {
-                Ok(_) => break,
-                Err(error) if attempt < 20 && format!("{error:#}").contains("accessor error") => {
-                    std::thread::sleep(std::time::Duration::from_millis(250));
-                }
-                Err(error) => return Err(error),
-            }
-        }
+            ]))
+        })?;
     }
     Ok(installed)
+}
+
+/// Runs `attempt` until it succeeds, again (at most 20 times in all, `pause`
+/// apart) while it fails with an error containing `transient`.
+fn retry_while<T>(
+    transient: &str,
+    pause: Duration,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt() {
+            Err(error) if tries < 20 && format!("{error:#}").contains(transient) => {
+                std::thread::sleep(pause);
+            }
+            result => return result,
+        }
+    }
 }
 
 fn remove_crds(crds: &[&str]) -> Result<()> {
@@ -191,17 +203,9 @@ fn check_cert_manager_overlay(deploy: &Path) -> Result<()> {
     let overlay = deploy.join("overlays/cert-manager");
     // A CRD that has just become Established can take a moment to show up in
     // discovery, which kubectl needs to map the kinds.
-    let mut attempt = 0;
-    let stdout = loop {
-        attempt += 1;
-        match dry_run_apply(&["-k"], &overlay) {
-            Ok(stdout) => break stdout,
-            Err(error) if attempt < 20 && format!("{error:#}").contains("no matches for kind") => {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
-            Err(error) => return Err(error),
-        }
-    };
+    let stdout = retry_while("no matches for kind", Duration::from_millis(500), || {
+        dry_run_apply(&["-k"], &overlay)
+    })?;
     assert_applied(&stdout, &BASE_OBJECTS);
     assert_applied(
         &stdout,
