@@ -40,6 +40,21 @@ pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The `result` label of `tls_cert_reloads_total`.
+pub(crate) const RELOAD_OK: &str = "ok";
+pub(crate) const RELOAD_FAILED: &str = "failed";
+/// The `result` label of `namespace_fallback_lookups_total`.
+pub(crate) const LOOKUP_OK: &str = "ok";
+pub(crate) const LOOKUP_NOT_FOUND: &str = "not_found";
+pub(crate) const LOOKUP_RECENTLY_NOT_FOUND: &str = "recently_not_found";
+pub(crate) const LOOKUP_FAILED: &str = "failed";
+const LOOKUP_RESULTS: [&str; 4] = [
+    LOOKUP_OK,
+    LOOKUP_NOT_FOUND,
+    LOOKUP_RECENTLY_NOT_FOUND,
+    LOOKUP_FAILED,
+];
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabels {
     pub result: &'static str,
@@ -162,6 +177,9 @@ impl Metrics {
             "Certificate reloads after the files changed, by result",
             cert_reloads.clone(),
         );
+        for result in [RELOAD_OK, RELOAD_FAILED] {
+            drop(cert_reloads.get_or_create(&ResultLabels { result }));
+        }
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "tls_cert_expiry_timestamp_seconds",
@@ -186,6 +204,9 @@ impl Metrics {
             "GETs of namespaces missing from the cache, by result",
             namespace_lookups.clone(),
         );
+        for result in LOOKUP_RESULTS {
+            drop(namespace_lookups.get_or_create(&ResultLabels { result }));
+        }
         let images = ImageMetrics {
             answers: Family::default(),
             lookups: Family::new_with_constructor(lookup_histogram as fn() -> Histogram),
@@ -265,6 +286,16 @@ mod tests {
             text.contains("kube_hardener_namespace_watch_errors_total 0"),
             "{text}"
         );
+        // Alerts on `increase(...)` need the series before the first event.
+        for series in [
+            r#"kube_hardener_reviews_total{outcome="error",operation="CREATE"} 0"#,
+            r#"kube_hardener_tls_cert_reloads_total{result="failed"} 0"#,
+            r#"kube_hardener_tls_cert_reloads_total{result="ok"} 0"#,
+            r#"kube_hardener_namespace_fallback_lookups_total{result="failed"} 0"#,
+            r#"kube_hardener_namespace_fallback_lookups_total{result="not_found"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
         assert!(text.ends_with("# EOF\n"));
     }
 }

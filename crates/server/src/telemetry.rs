@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use crate::admission::{Mode, Review};
 use crate::decision::{Decision, ReviewOutcome};
-use crate::metrics::{KindLabels, ReasonLabels, ResultLabels, ReviewLabels, SettingLabels};
+use crate::metrics::{
+    KindLabels, LOOKUP_FAILED, LOOKUP_NOT_FOUND, LOOKUP_OK, LOOKUP_RECENTLY_NOT_FOUND,
+    ReasonLabels, ResultLabels, ReviewLabels, SettingLabels,
+};
 use crate::namespaces::Lookup;
 use crate::state::State;
 
@@ -60,9 +63,9 @@ impl State {
     pub(crate) fn count_lookup(&self, review: &Review, lookup: &Lookup) {
         let result = match lookup {
             Lookup::Cached(_) => return,
-            Lookup::Fetched(_) => "ok",
-            Lookup::NotFound => "not_found",
-            Lookup::RecentlyNotFound => "recently_not_found",
+            Lookup::Fetched(_) => LOOKUP_OK,
+            Lookup::NotFound => LOOKUP_NOT_FOUND,
+            Lookup::RecentlyNotFound => LOOKUP_RECENTLY_NOT_FOUND,
             Lookup::Failed(error) => {
                 tracing::warn!(
                     uid = %printable(&review.uid, MAX_LOGGED_CHARS),
@@ -70,7 +73,7 @@ impl State {
                     error = %printable(error, MAX_ECHOED_CHARS),
                     "namespace lookup failed; reviewing without namespace annotations"
                 );
-                "failed"
+                LOOKUP_FAILED
             }
         };
         self.metrics

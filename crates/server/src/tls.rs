@@ -15,7 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::{Metrics, RELOAD_FAILED, RELOAD_OK, ResultLabels};
 
 /// A certificate/key pair that cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +300,7 @@ impl CertReloader {
                 self.metrics.cert_expiry.set(pair.not_after_unix as f64);
                 self.metrics
                     .cert_reloads
-                    .get_or_create(&ResultLabels { result: "ok" })
+                    .get_or_create(&ResultLabels { result: RELOAD_OK })
                     .inc();
                 tracing::info!(
                     cert = %self.cert_path.display(),
@@ -312,7 +312,9 @@ impl CertReloader {
             Err(error) => {
                 self.metrics
                     .cert_reloads
-                    .get_or_create(&ResultLabels { result: "failed" })
+                    .get_or_create(&ResultLabels {
+                        result: RELOAD_FAILED,
+                    })
                     .inc();
                 tracing::error!(%error, "new certificate pair rejected; still serving the previous one");
                 false
@@ -413,7 +415,9 @@ mod tests {
         assert_eq!(served(&reloader), first);
         let failed = metrics
             .cert_reloads
-            .get_or_create(&ResultLabels { result: "failed" })
+            .get_or_create(&ResultLabels {
+                result: RELOAD_FAILED,
+            })
             .get();
         assert_eq!(failed, 1);
 
@@ -422,7 +426,7 @@ mod tests {
         assert_ne!(served(&reloader), first);
         let ok = metrics
             .cert_reloads
-            .get_or_create(&ResultLabels { result: "ok" })
+            .get_or_create(&ResultLabels { result: RELOAD_OK })
             .get();
         assert_eq!(ok, 1);
     }
