@@ -130,7 +130,8 @@ impl Metrics {
     /// `watch_errors` is owned by the namespace source, which counts the
     /// failures of its watch stream on its own task.
     pub fn new(watch_errors: Counter) -> Self {
-        let mut registry = Registry::with_prefix("kube_hardener");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("kube_hardener");
         let reviews = Family::<ReviewLabels, Counter>::default();
         registry.register(
             "reviews",
@@ -226,8 +227,10 @@ impl Metrics {
             "Errors of the namespace watch (retried with backoff)",
             watch_errors,
         );
+        // The conventional unprefixed names, so stock dashboards and alerts work.
+        root.register_collector(Box::new(ProcessCollector));
         Metrics {
-            registry,
+            registry: root,
             reviews,
             settings,
             warnings,
@@ -246,6 +249,95 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes` and
+/// `process_open_fds`, read from /proc at each scrape (Linux, where the webhook
+/// runs; elsewhere they are left out).
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// /proc reports CPU times in USER_HZ, which Linux fixes at 100 per second for
+/// user space on every architecture.
+const USER_HZ: f64 = 100.0;
+
+#[derive(Debug, Default, PartialEq)]
+struct ProcessSample {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<i64>,
+    open_fds: Option<i64>,
+}
+
+impl ProcessSample {
+    fn read() -> Self {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let status = std::fs::read_to_string("/proc/self/status").ok();
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|entries| i64::try_from(entries.count()).unwrap_or(i64::MAX));
+        ProcessSample {
+            cpu_seconds: stat.as_deref().and_then(cpu_seconds),
+            resident_bytes: status.as_deref().and_then(resident_bytes),
+            open_fds,
+        }
+    }
+}
+
+/// utime + stime of /proc/self/stat: fields 14 and 15, counted after the
+/// command name, which is in parentheses and may itself hold spaces.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user.saturating_add(system) as f64 / USER_HZ)
+}
+
+/// `VmRSS:  12345 kB` of /proc/self/status.
+fn resident_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let sample = ProcessSample::read();
+        if let Some(seconds) = sample.cpu_seconds {
+            let counter = ConstCounter::new(seconds);
+            counter.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent, in seconds",
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size, in bytes",
+                sample.resident_bytes,
+            ),
+            ("process_open_fds", "Open file descriptors", sample.open_fds),
+        ] {
+            if let Some(value) = value {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -297,5 +389,28 @@ mod tests {
             assert!(text.contains(series), "{series} missing from\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        for series in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+        ] {
+            assert!(
+                text.lines().any(|line| line.starts_with(series)),
+                "{series} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn process_figures_parse_from_proc_text() {
+        // A command name with spaces and a parenthesis must not shift the fields.
+        let stat =
+            "4242 (kube (hard) ener) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 125 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds(stat), Some(3.75));
+        assert_eq!(cpu_seconds("garbage"), None);
+        assert_eq!(cpu_seconds("1 (x) S 1"), None);
+        let status = "Name:\tkube-hardener\nVmPeak:\t 9000 kB\nVmRSS:\t   12600 kB\n";
+        assert_eq!(resident_bytes(status), Some(12_600 * 1024));
+        assert_eq!(resident_bytes("VmRSS: lots"), None);
     }
 }
