@@ -21,7 +21,7 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 
-mkdir -p "$CONTROLPLANE_DIR"
+mkdir -p "$CONTROLPLANE_DIR" "$TOOLS_DIR"
 log "go: $(go version)"
 log "cache: $CONTROLPLANE_DIR"
 
@@ -33,10 +33,10 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     kube_ldflags+=" -X $pkg.gitVersion=${KUBE_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${kube_minor} -X $pkg.gitTreeState=clean"
 done
 
-# build NAME MODULE_DIR PACKAGE [EXTRA_LDFLAGS]
+# build NAME MODULE_DIR PACKAGE [EXTRA_LDFLAGS [OUT_DIR]]
 build() {
     local name="$1" module_dir="$2" package="$3" extra_ldflags="${4:-}"
-    local out="$CONTROLPLANE_DIR/$name"
+    local out="${5:-$CONTROLPLANE_DIR}/$name"
     if [[ -x "$out" ]]; then
         log "$name: cached"
         return 0
@@ -58,6 +58,16 @@ build() {
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kubectl "$here/apiserver" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
+# The chart suite's helm and the alert suite's promtool, cached by their own versions.
+# As helm's own Makefile does: the Kubernetes version `helm template` and `helm
+# lint` assume is that of its client-go (1.20 otherwise).
+helm_kube_minor="$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$here/helm/go.mod")"
+helm_ldflags=" -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${helm_kube_minor}"
+done
+build helm "$here/helm" helm.sh/helm/v3/cmd/helm "$helm_ldflags" "$TOOLS_DIR"
+build promtool "$here/promtool" github.com/prometheus/prometheus/cmd/promtool "" "$TOOLS_DIR"
 # The node suite's binaries: a separate module, because the kubelet pulls in
 # dependencies (cri-api, cadvisor, ...) the API server does not need.
 if [[ "${1:-}" == "--node" ]]; then

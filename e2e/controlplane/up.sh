@@ -40,7 +40,8 @@ fi
 source "$here/node.sh"
 
 command -v openssl >/dev/null 2>&1 || die "openssl is required to generate the control plane's certificates"
-if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" || ! -d "$CERT_MANAGER_CRDS_DIR" ]] ||
+if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" || ! -d "$CERT_MANAGER_CRDS_DIR" ||
+    ! -x "$TOOLS_DIR/helm" || ! -x "$TOOLS_DIR/promtool" ]] ||
     { ((with_node)) && [[ ! -x "$CONTROLPLANE_DIR/kubelet" || ! -x "$CONTROLPLANE_DIR/kube-scheduler" || ! -x "$CONTROLPLANE_DIR/kube-controller-manager" ]]; }; then
     if ((with_node)); then "$here/build.sh" --node >/dev/null; else "$here/build.sh" >/dev/null; fi
 fi
@@ -296,7 +297,8 @@ if ((with_node)); then
 fi
 
 export KUBECONFIG="$kubeconfig"
-export PATH="$CONTROLPLANE_DIR:$PATH"
+# kubectl, and helm and promtool for the chart and alert suites.
+export PATH="$CONTROLPLANE_DIR:$TOOLS_DIR:$PATH"
 # deploy's e2e test installs these when the cluster lacks cert-manager.
 export KUBE_HARDENER_CERT_MANAGER_CRDS="$CERT_MANAGER_CRDS_DIR"
 # The CA of the client certificate the API server presents to webhooks, and
@@ -322,7 +324,7 @@ cat <<MSG
 Control plane is up. In another shell:
 
     export KUBECONFIG=$kubeconfig
-    export PATH=$CONTROLPLANE_DIR:\$PATH   # kubectl ${KUBE_VERSION}
+    export PATH=$CONTROLPLANE_DIR:$TOOLS_DIR:\$PATH   # kubectl ${KUBE_VERSION}, helm ${HELM_VERSION}, promtool
     export KUBE_HARDENER_CERT_MANAGER_CRDS=$CERT_MANAGER_CRDS_DIR   # for e2e/tests/deploy.rs
 
 Press Ctrl-C to stop it.
