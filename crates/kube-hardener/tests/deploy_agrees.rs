@@ -106,3 +106,54 @@ fn every_list_of_excluded_namespaces_agrees() {
             .excluded_namespaces
     );
 }
+
+/// The chart's values for the three configuration tables, as JSON.
+fn chart_values() -> Value {
+    yaml("deploy/helm/kube-hardener/values.yaml")
+}
+
+/// The chart names every configuration key, with the binary's default (null
+/// for the keys unset by default), so `helm show values` is the whole
+/// configuration and cannot drift from config/default.toml. The one value
+/// that differs is the base ConfigMap's, said the same way in both.
+#[test]
+fn the_chart_values_are_the_embedded_default_configuration() {
+    let defaults = serde_json::to_value(Config::embedded_default().unwrap()).unwrap();
+    let values = chart_values();
+    let overrides = configmap_toml();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/helm/kube-hardener/values.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut compared = 0;
+    for table in ["hardening", "server", "images"] {
+        let default_table = defaults[table].as_object().unwrap();
+        let value_table = values[table].as_object().unwrap();
+        let keys =
+            |map: &serde_json::Map<String, Value>| map.keys().cloned().collect::<BTreeSet<_>>();
+        assert_eq!(
+            keys(value_table),
+            keys(default_table),
+            "keys of {table} in values.yaml"
+        );
+        let schema_table = schema["properties"][table]["properties"]
+            .as_object()
+            .unwrap();
+        assert_eq!(
+            keys(schema_table),
+            keys(default_table),
+            "keys of {table} in values.schema.json"
+        );
+        for (key, default) in default_table {
+            let expected = overrides
+                .get(table)
+                .and_then(|t| t.get(key))
+                .map(|v| serde_json::to_value(v).unwrap())
+                .unwrap_or_else(|| default.clone());
+            assert_eq!(value_table[key], expected, "{table}.{key} in values.yaml");
+            compared += 1;
+        }
+    }
+    assert!(compared > 40, "only {compared} keys compared");
+}
