@@ -76,36 +76,46 @@ if [[ "${1:-}" == "--node" ]]; then
     build kube-controller-manager "$here/node" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
 fi
 
-# cert-manager's CRDs for the pinned release: only the two kinds deploy/ uses.
-# The directory appears whole or not at all, so its existence (what up.sh
-# checks) means both files are there.
-fetch_cert_manager_crds() {
-    if [[ -d "$CERT_MANAGER_CRDS_DIR" ]]; then
-        log "cert-manager ${CERT_MANAGER_VERSION} CRDs: cached"
+# CustomResourceDefinitions from a pinned Go module, so the API server can
+# validate the custom objects deploy/ ships (cert-manager's Issuer and
+# Certificate; prometheus-operator's ServiceMonitor and PrometheusRule). The
+# directory appears whole or not at all, so its existence (what up.sh checks)
+# means every file is there.
+#   fetch_crds LABEL MODULE@VERSION SUBDIR DEST FILE...
+fetch_crds() {
+    local label="$1" module="$2" subdir="$3" dest="$4"
+    shift 4
+    if [[ -d "$dest" ]]; then
+        log "$label CRDs: cached"
         return 0
     fi
-    log "cert-manager ${CERT_MANAGER_VERSION} CRDs: downloading the Go module"
+    log "$label CRDs: downloading the Go module"
     local info dir name tmp
-    if ! info="$(cd "$here" && GOFLAGS=-mod=mod go mod download -json "github.com/cert-manager/cert-manager@${CERT_MANAGER_VERSION}")"; then
-        log "error: github.com/cert-manager/cert-manager@${CERT_MANAGER_VERSION} could not be downloaded (see the go output above)"
+    if ! info="$(cd "$here" && GOFLAGS=-mod=mod go mod download -json "$module")"; then
+        log "error: $module could not be downloaded (see the go output above)"
         exit 1
     fi
     dir="$(printf '%s\n' "$info" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
-    mkdir -p "$(dirname "$CERT_MANAGER_CRDS_DIR")"
-    tmp="$CERT_MANAGER_CRDS_DIR.partial.$$"
+    mkdir -p "$(dirname "$dest")"
+    tmp="$dest.partial.$$"
     rm -rf "$tmp"
     mkdir "$tmp"
-    for name in cert-manager.io_issuers.yaml cert-manager.io_certificates.yaml; do
-        if [[ ! -s "$dir/deploy/crds/$name" ]]; then
+    for name in "$@"; do
+        if [[ ! -s "$dir/$subdir/$name" ]]; then
             rm -rf "$tmp"
-            log "error: $name is not in the cert-manager module at ${dir:-?}/deploy/crds"
+            log "error: $name is not in $module at ${dir:-?}/$subdir"
             exit 1
         fi
-        install -m 0644 "$dir/deploy/crds/$name" "$tmp/$name"
+        install -m 0644 "$dir/$subdir/$name" "$tmp/$name"
     done
-    mv -T "$tmp" "$CERT_MANAGER_CRDS_DIR"
+    mv -T "$tmp" "$dest"
 }
-fetch_cert_manager_crds
+fetch_crds "cert-manager ${CERT_MANAGER_VERSION}" "github.com/cert-manager/cert-manager@${CERT_MANAGER_VERSION}" \
+    deploy/crds "$CERT_MANAGER_CRDS_DIR" cert-manager.io_issuers.yaml cert-manager.io_certificates.yaml
+fetch_crds "prometheus-operator ${PROMETHEUS_OPERATOR_VERSION}" \
+    "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" \
+    example/prometheus-operator-crd "$PROMETHEUS_OPERATOR_CRDS_DIR" \
+    monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml
 
 "$CONTROLPLANE_DIR/kube-apiserver" --version >&2
 # sed reads all of the output: head would close the pipe early, and under pipefail

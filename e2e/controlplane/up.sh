@@ -41,7 +41,7 @@ source "$here/node.sh"
 
 command -v openssl >/dev/null 2>&1 || die "openssl is required to generate the control plane's certificates"
 if [[ ! -x "$CONTROLPLANE_DIR/kube-apiserver" || ! -x "$CONTROLPLANE_DIR/etcd" || ! -d "$CERT_MANAGER_CRDS_DIR" ||
-    ! -x "$TOOLS_DIR/helm" || ! -x "$TOOLS_DIR/promtool" ]] ||
+    ! -x "$TOOLS_DIR/helm" || ! -x "$TOOLS_DIR/promtool" || ! -d "$PROMETHEUS_OPERATOR_CRDS_DIR" ]] ||
     { ((with_node)) && [[ ! -x "$CONTROLPLANE_DIR/kubelet" || ! -x "$CONTROLPLANE_DIR/kube-scheduler" || ! -x "$CONTROLPLANE_DIR/kube-controller-manager" ]]; }; then
     if ((with_node)); then "$here/build.sh" --node >/dev/null; else "$here/build.sh" >/dev/null; fi
 fi
@@ -301,6 +301,8 @@ export KUBECONFIG="$kubeconfig"
 export PATH="$CONTROLPLANE_DIR:$TOOLS_DIR:$PATH"
 # deploy's e2e test installs these when the cluster lacks cert-manager.
 export KUBE_HARDENER_CERT_MANAGER_CRDS="$CERT_MANAGER_CRDS_DIR"
+# The chart test installs these for its ServiceMonitor and PrometheusRule.
+export KUBE_HARDENER_PROMETHEUS_OPERATOR_CRDS="$PROMETHEUS_OPERATOR_CRDS_DIR"
 # The CA of the client certificate the API server presents to webhooks, and
 # a certificate of another CA, for the mutual-TLS test.
 export KUBE_HARDENER_E2E_WEBHOOK_CLIENT_CA="$pki/webhook-client-ca.crt"
@@ -326,6 +328,7 @@ Control plane is up. In another shell:
     export KUBECONFIG=$kubeconfig
     export PATH=$CONTROLPLANE_DIR:$TOOLS_DIR:\$PATH   # kubectl ${KUBE_VERSION}, helm ${HELM_VERSION}, promtool
     export KUBE_HARDENER_CERT_MANAGER_CRDS=$CERT_MANAGER_CRDS_DIR   # for e2e/tests/deploy.rs
+    export KUBE_HARDENER_PROMETHEUS_OPERATOR_CRDS=$PROMETHEUS_OPERATOR_CRDS_DIR   # for e2e/tests/chart.rs
 
 Press Ctrl-C to stop it.
 MSG

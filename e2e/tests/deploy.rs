@@ -74,13 +74,14 @@ fn assert_applied(stdout: &str, objects: &[&str]) {
     }
 }
 
-const BASE_OBJECTS: [&str; 10] = [
+const BASE_OBJECTS: [&str; 11] = [
     "namespace/kube-hardener",
     "serviceaccount/kube-hardener",
     "clusterrole.rbac.authorization.k8s.io/kube-hardener",
     "clusterrolebinding.rbac.authorization.k8s.io/kube-hardener",
     "configmap/kube-hardener-config",
     "service/kube-hardener",
+    "service/kube-hardener-metrics",
     "deployment.apps/kube-hardener",
     "poddisruptionbudget.policy/kube-hardener",
     "networkpolicy.networking.k8s.io/kube-hardener",

@@ -386,8 +386,14 @@ pub fn metric_value(metrics: &str, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
-/// Asserts the value of one series, showing every metric when it differs.
+/// Asserts the value of one series, which must be exported, showing every
+/// metric when it differs.
 pub fn assert_metric(metrics: &str, series: &str, expected: f64) {
+    let exported = metrics.lines().any(|line| {
+        line.strip_prefix(series)
+            .is_some_and(|rest| rest.starts_with(' '))
+    });
+    assert!(exported, "{series} is not exported in\n{metrics}");
     assert_eq!(
         metric_value(metrics, series),
         expected,
