@@ -9,6 +9,7 @@
 //! `deploy/` (Service `NS/NAME`, caBundle copied from its
 //! MutatingWebhookConfiguration) instead; see docs/deploy.md.
 
+pub mod manifests;
 pub mod native_policy;
 pub mod node;
 mod server;

@@ -3,53 +3,19 @@
 //! dry-run apply (schema, validation and admission, Pod Security included).
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::DeleteParams;
+use kube_hardener_e2e::manifests::{
+    CERT_MANAGER_CRDS, documents, dry_run_apply, find, install_crds, remove_crds, retry_while, run,
+};
 use kube_hardener_e2e::{client, kubectl, workspace_root};
 use serde_json::Value;
 
 const NAMESPACE: &str = "kube-hardener";
-
-fn run(command: &mut Command) -> Result<Output> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    ensure!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(output)
-}
-
-/// Server-side dry-run apply; returns stdout after checking that the API
-/// server raised no warning (Pod Security warns about workload templates).
-/// Conflicts are forced: where kube-hardener is deployed, another field
-/// manager owns the objects, and a dry run changes nothing anyway.
-fn dry_run_apply(args: &[&str], source: &Path) -> Result<String> {
-    let output = run(kubectl()
-        .args([
-            "apply",
-            "--server-side",
-            "--dry-run=server",
-            "--field-manager=kube-hardener-e2e",
-        ])
-        .args(args)
-        .arg(source))?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        !stderr.contains("Warning"),
-        "the API server warned about {}:\n{stderr}",
-        source.display()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
@@ -87,114 +53,6 @@ const BASE_OBJECTS: [&str; 11] = [
     "networkpolicy.networking.k8s.io/kube-hardener",
     "mutatingwebhookconfiguration.admissionregistration.k8s.io/kube-hardener",
 ];
-
-fn documents(yaml: &str) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for document in serde_norway::Deserializer::from_str(yaml) {
-        let value: Value = serde::Deserialize::deserialize(document)?;
-        if !value.is_null() {
-            out.push(value);
-        }
-    }
-    Ok(out)
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
-    docs.iter()
-        .find(|doc| doc["kind"] == kind && doc["metadata"]["name"] == name)
-        .with_context(|| format!("{kind} {name} is not in the rendered overlay"))
-}
-
-const CERT_MANAGER_CRDS: [(&str, &str); 2] = [
-    ("issuers.cert-manager.io", "cert-manager.io_issuers.yaml"),
-    (
-        "certificates.cert-manager.io",
-        "cert-manager.io_certificates.yaml",
-    ),
-];
-
-/// Installs cert-manager's Issuer and Certificate CRDs unless the cluster has
-/// them (where cert-manager runs). Returns the ones installed, for removal.
-/// The files come from the pinned cert-manager release; e2e/controlplane/up.sh
-/// names their directory in KUBE_HARDENER_CERT_MANAGER_CRDS.
-fn install_cert_manager_crds() -> Result<Vec<&'static str>> {
-    let mut installed = Vec::new();
-    for (crd, file) in CERT_MANAGER_CRDS {
-        let probe = kubectl()
-            .args(["get", "customresourcedefinition", crd, "-o", "name"])
-            .output()
-            .context("running kubectl get customresourcedefinition")?;
-        if probe.status.success() {
-            continue;
-        }
-        let stderr = String::from_utf8_lossy(&probe.stderr);
-        ensure!(
-            stderr.contains("NotFound"),
-            "looking up CRD {crd} failed: {stderr}"
-        );
-        let dir = std::env::var_os("KUBE_HARDENER_CERT_MANAGER_CRDS").with_context(|| {
-            format!(
-                "the cluster has no CRD {crd} and KUBE_HARDENER_CERT_MANAGER_CRDS is unset \
-                 (e2e/controlplane/up.sh sets it; elsewhere install cert-manager's CRDs)"
-            )
-        })?;
-        let path = Path::new(&dir).join(file);
-        ensure!(path.is_file(), "{} does not exist", path.display());
-        run(kubectl()
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager=kube-hardener-e2e",
-                "-f",
-            ])
-            .arg(&path))?;
-        installed.push(crd);
-        // Right after creation the CRD may have no status.conditions yet, and
-        // `kubectl wait` then fails at once ("accessor error") instead of
-        // waiting: ask again, a bounded number of times.
-        retry_while("accessor error", Duration::from_millis(250), || {
-            run(kubectl().args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("customresourcedefinition/{crd}"),
-            ]))
-        })?;
-    }
-    Ok(installed)
-}
-
-/// Runs `attempt` until it succeeds, again (at most 20 times in all, `pause`
-/// apart) while it fails with an error containing `transient`.
-fn retry_while<T>(
-    transient: &str,
-    pause: Duration,
-    mut attempt: impl FnMut() -> Result<T>,
-) -> Result<T> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match attempt() {
-            Err(error) if tries < 20 && format!("{error:#}").contains(transient) => {
-                std::thread::sleep(pause);
-            }
-            result => return result,
-        }
-    }
-}
-
-fn remove_crds(crds: &[&str]) -> Result<()> {
-    for crd in crds {
-        run(kubectl().args([
-            "delete",
-            "customresourcedefinition",
-            crd,
-            "--ignore-not-found",
-            "--wait=false",
-        ]))?;
-    }
-    Ok(())
-}
 
 /// The whole cert-manager overlay goes through the API server, cert-manager's
 /// Issuers and Certificates included (validated against its CRD schemas);
@@ -350,7 +208,7 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
             "/mutate"
         );
 
-        let crds = install_cert_manager_crds()?;
+        let crds = install_crds(&CERT_MANAGER_CRDS)?;
         let checked = check_cert_manager_overlay(&deploy);
         remove_crds(&crds)?;
         checked
