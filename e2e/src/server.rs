@@ -250,6 +250,13 @@ impl LocalWebhook {
         self.install(&cert, &key)
     }
 
+    /// Swaps in a certificate made elsewhere (by `kube-hardener certs`, say)
+    /// the way the kubelet updates a mounted Secret; `ca_pem` signed it.
+    pub fn serve_certificate(&mut self, cert: &str, key: &str, ca_pem: &str) -> Result<()> {
+        self.ca_pem = ca_pem.to_owned();
+        self.install(cert, key)
+    }
+
     fn install(&mut self, cert: &str, key: &str) -> Result<()> {
         self.generation += 1;
         let tls = self.dir.path().join("tls");

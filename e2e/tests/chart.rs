@@ -24,6 +24,10 @@ use serde_json::{Value, json};
 const RELEASE: &str = "kh";
 /// `kh` does not contain the chart name, so objects are `kh-kube-hardener…`.
 const FULLNAME: &str = "kh-kube-hardener";
+/// The release actually installed, apart from the dry-run one: its
+/// cluster-scoped objects must not collide with the dry run's.
+const INSTALLED: &str = "khi";
+const INSTALLED_FULLNAME: &str = "khi-kube-hardener";
 
 fn chart() -> PathBuf {
     workspace_root().join("deploy/helm/kube-hardener")
@@ -634,9 +638,21 @@ struct Certificates {
 }
 
 fn installed_certificates(namespace: &str) -> Result<Certificates> {
-    let ca = kubectl_json(&["get", "secret", "-n", namespace, &format!("{FULLNAME}-ca")])?;
-    let tls = kubectl_json(&["get", "secret", "-n", namespace, &format!("{FULLNAME}-tls")])?;
-    let hook = kubectl_json(&["get", "mutatingwebhookconfiguration", FULLNAME])?;
+    let ca = kubectl_json(&[
+        "get",
+        "secret",
+        "-n",
+        namespace,
+        &format!("{INSTALLED_FULLNAME}-ca"),
+    ])?;
+    let tls = kubectl_json(&[
+        "get",
+        "secret",
+        "-n",
+        namespace,
+        &format!("{INSTALLED_FULLNAME}-tls"),
+    ])?;
+    let hook = kubectl_json(&["get", "mutatingwebhookconfiguration", INSTALLED_FULLNAME])?;
     Ok(Certificates {
         ca: decode(&ca["data"]["tls.crt"])?,
         ca_key: decode(&ca["data"]["tls.key"])?,
@@ -670,9 +686,9 @@ async fn install_keeps_the_ca_across_upgrades_renews_with_it_and_uninstalls_clea
         let mut command = helm();
         command.arg(verb);
         if verb != "uninstall" {
-            command.arg(RELEASE).arg(chart()).arg("-f").arg(&values);
+            command.arg(INSTALLED).arg(chart()).arg("-f").arg(&values);
         } else {
-            command.args([RELEASE, "--wait", "--timeout", "60s"]);
+            command.args([INSTALLED, "--wait", "--timeout", "60s"]);
         }
         let output = run(command.args(["--namespace", ns]))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -685,7 +701,10 @@ async fn install_keeps_the_ca_across_upgrades_renews_with_it_and_uninstalls_clea
         let first = installed_certificates(ns)?;
         assert_eq!(first.bundle, first.ca);
         let names = verify_and_names(work.path(), &first.ca, &first.serving)?;
-        assert!(names.contains(&format!("{FULLNAME}.{ns}.svc")), "{names:?}");
+        assert!(
+            names.contains(&format!("{INSTALLED_FULLNAME}.{ns}.svc")),
+            "{names:?}"
+        );
 
         // An upgrade keeps the CA and the serving certificate: nothing for
         // the replicas to reload, no caBundle change.
@@ -706,7 +725,7 @@ async fn install_keeps_the_ca_across_upgrades_renews_with_it_and_uninstalls_clea
             "secret",
             "-n",
             ns,
-            &format!("{FULLNAME}-tls"),
+            &format!("{INSTALLED_FULLNAME}-tls"),
             "kube-hardener.io/renew-after=1",
         ]))?;
         helm_in("upgrade")?;
@@ -725,7 +744,7 @@ async fn install_keeps_the_ca_across_upgrades_renews_with_it_and_uninstalls_clea
             "get",
             "mutatingwebhookconfiguration,clusterrole,clusterrolebinding",
             "-l",
-            &format!("app.kubernetes.io/instance={RELEASE}"),
+            &format!("app.kubernetes.io/instance={INSTALLED}"),
             "-o",
             "name",
         ]))?;
@@ -736,7 +755,7 @@ async fn install_keeps_the_ca_across_upgrades_renews_with_it_and_uninstalls_clea
             "-n",
             ns,
             "-l",
-            &format!("app.kubernetes.io/instance={RELEASE}"),
+            &format!("app.kubernetes.io/instance={INSTALLED}"),
             "-o",
             "name",
         ]))?;
@@ -749,7 +768,7 @@ async fn install_keeps_the_ca_across_upgrades_renews_with_it_and_uninstalls_clea
     })();
     if result.is_err() {
         let _ = helm()
-            .args(["uninstall", RELEASE, "--namespace", ns])
+            .args(["uninstall", INSTALLED, "--namespace", ns])
             .output();
     }
     result

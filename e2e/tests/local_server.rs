@@ -3,16 +3,18 @@
 //! tests always start `kube-hardener serve` on loopback, so they need an API
 //! server on the same machine (the local control plane of e2e/controlplane).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube_hardener_e2e::{
     LocalWebhook, RegisterOptions, Registration, ServerOptions, TestNamespace, applied_annotation,
     client, plain_pod, pod, to_json, wait_until_hardening,
@@ -306,6 +308,124 @@ async fn certificate_from_kube_hardener_certs_is_trusted_by_the_api_server() -> 
         .create(&PostParams::default(), &pod(plain_pod("web"))?)
         .await?;
     assert!(applied_annotation(&stored).is_some());
+    Ok(())
+}
+
+/// One run of `kube-hardener certs` into `out`: the serving certificate and
+/// key of its Secret, and its caBundle.
+fn run_certs(out: &Path, extra: &[&str]) -> Result<kube_hardener_e2e::Certificate> {
+    let output = kube_hardener_e2e::kube_hardener_command()?
+        .args(["certs", "--san", "127.0.0.1", "--out-dir"])
+        .arg(out)
+        .args(extra)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "kube-hardener certs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let secret = std::fs::read_to_string(out.join("tls-secret.yaml"))?;
+    let patch = std::fs::read_to_string(out.join("webhook-ca-bundle.yaml"))?;
+    Ok(kube_hardener_e2e::Certificate {
+        cert_pem: generated_field(&secret, "tls.crt")?,
+        key_pem: generated_field(&secret, "tls.key")?,
+        ca_pem: generated_field(&patch, "caBundle")?,
+    })
+}
+
+/// Renewal as an operator does it with the self-signed overlay: `kube-hardener
+/// certs` again, then `kubectl apply -k`. The API server sees the new caBundle
+/// at once; the replicas see the new Secret only at the kubelet's next sync.
+/// Creates flow all the while, with failurePolicy Fail: a review the API server
+/// cannot verify is a failed create. Both renewals are covered: reusing the CA
+/// (the caBundle does not change) and a new CA (published with the old one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_with_kube_hardener_certs_loses_no_admission() -> Result<()> {
+    let out = tempfile::tempdir()?;
+    let first = run_certs(out.path(), &[])?;
+    let mut server = LocalWebhook::start(ServerOptions {
+        certificate: Some(first.clone()),
+        ..ServerOptions::default()
+    })
+    .await?;
+    let client = client().await?;
+    let ns = Arc::new(TestNamespace::create(&client, "renewal", Default::default()).await?);
+    let registration =
+        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
+    wait_until_hardening(&ns).await?;
+
+    // Bounded in count as well as by the renewal's end.
+    const MAX_PODS: usize = 400;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let ns = Arc::clone(&ns);
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..MAX_PODS {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let name = format!("renew-{i}");
+                let created = async {
+                    ns.pods()
+                        .create(&PostParams::default(), &pod(plain_pod(&name))?)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+                .await;
+                results.push((name, created.map(|p| applied_annotation(&p).is_some())));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            results
+        })
+    };
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let apply_bundle = |bundle: String| {
+        let webhooks = webhooks.clone();
+        let name = registration.name.clone();
+        async move {
+            let patch = json!({"webhooks": [{"name": "pods.kube-hardener.io",
+                "clientConfig": {"caBundle": BASE64.encode(bundle)}}]});
+            webhooks
+                .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .context("patching the caBundle")
+        }
+    };
+
+    let reused = run_certs(out.path(), &[])?;
+    assert_eq!(reused.ca_pem, first.ca_pem, "a second run reuses the CA");
+    assert_ne!(reused.cert_pem, first.cert_pem);
+    apply_bundle(reused.ca_pem.clone()).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.serve_certificate(&reused.cert_pem, &reused.key_pem, &reused.ca_pem)?;
+
+    let rolled = run_certs(out.path(), &["--new-ca"])?;
+    assert_eq!(
+        rolled.ca_pem.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "a new CA is published together with the previous one"
+    );
+    assert!(rolled.ca_pem.ends_with(&first.ca_pem));
+    apply_bundle(rolled.ca_pem.clone()).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.serve_certificate(&rolled.cert_pem, &rolled.key_pem, &rolled.ca_pem)?;
+    // Creates go on after the last swap, while the server reloads.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut created = 0;
+    for (name, result) in writer.await? {
+        match result {
+            Ok(hardened) => assert!(hardened, "pod {name} was admitted unhardened"),
+            Err(error) => panic!("creating pod {name} during renewal failed: {error:#}"),
+        }
+        created += 1;
+    }
+    // About 4.5 s of creates, 50 ms apart: dozens, through both renewals.
+    assert!(created >= 20, "only {created} creates during the renewal");
+    drop(registration);
     Ok(())
 }
 

@@ -2,6 +2,13 @@
 //! Service, written as a TLS Secret manifest and a caBundle patch for the
 //! MutatingWebhookConfiguration, for clusters without cert-manager
 //! (`deploy/overlays/self-signed` consumes the output).
+//!
+//! Renewal must never leave a window in which the API server distrusts the
+//! certificate a replica serves: replicas pick up a new Secret only at the
+//! kubelet's next sync, up to a minute or more later. So a second run reuses
+//! the CA it finds in `--out-dir` (the caBundle does not change at all), and
+//! when a new CA is needed (none found, it expires too soon, or `--new-ca`)
+//! the caBundle carries the new and the previous CA together.
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +28,8 @@ use time::{Duration, OffsetDateTime};
 pub const SECRET_FILE: &str = "tls-secret.yaml";
 pub const CA_BUNDLE_PATCH_FILE: &str = "webhook-ca-bundle.yaml";
 pub const CA_FILE: &str = "ca.crt";
+/// The CA's private key, kept beside it so that the next run can reuse the CA.
+pub const CA_KEY_FILE: &str = "ca.key";
 
 /// Arguments of `kube-hardener certs`.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,9 +52,18 @@ pub struct CertsArgs {
     /// Extra subject alternative name, a DNS name or an IP address (repeatable).
     #[arg(long = "san")]
     pub extra_sans: Vec<String>,
-    /// Validity of the CA and of the serving certificate.
+    /// Validity of the serving certificate.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub days: u32,
+    /// Validity of a newly made CA. An existing CA is reused while it outlives
+    /// the new serving certificate.
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub ca_days: u32,
+    /// Make a new CA even if the one in --out-dir could be reused (after a key
+    /// leak, say). The caBundle then holds the new and the previous CA, so
+    /// replicas still serving the old certificate stay trusted.
+    #[arg(long)]
+    pub new_ca: bool,
     /// Directory the files are written to (created when missing; existing files are replaced).
     #[arg(long, short = 'o')]
     pub out_dir: PathBuf,
@@ -55,31 +73,113 @@ pub struct CertsArgs {
 #[derive(Debug)]
 pub struct Generated {
     pub ca_pem: String,
+    pub ca_key_pem: String,
+    /// What the API server trusts: the CA, then a previous CA during a rollover.
+    pub bundle_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    pub ca: CaOrigin,
 }
 
-/// Runs the subcommand: generates and writes the three files, then lists them.
+/// Where the CA of a run came from, as reported to the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaOrigin {
+    /// Read from --out-dir and reused: the caBundle is unchanged.
+    Reused,
+    /// Newly made; `previous` is the CA it replaces, kept in the caBundle.
+    New { previous: Option<String> },
+}
+
+/// A CA read from --out-dir.
+struct ExistingCa {
+    cert_pem: String,
+    /// None when only ca.crt is there (written before ca.key existed).
+    key_pem: Option<String>,
+    not_after: OffsetDateTime,
+}
+
+/// Runs the subcommand: generates and writes the four files, then lists them.
 pub fn run(args: &CertsArgs) -> Result<()> {
     validate(args)?;
-    let generated = generate(args)?;
+    let existing = read_existing_ca(&args.out_dir)?;
+    let generated = generate(args, existing.as_ref(), OffsetDateTime::now_utc())?;
     fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating output directory {}", args.out_dir.display()))?;
+    // The serving Secret before the CA: an interrupted run then leaves the
+    // previous CA files, which the next run reuses or keeps in the bundle.
     let files = [
-        (CA_FILE, generated.ca_pem.clone(), false),
         (SECRET_FILE, secret_manifest(args, &generated), true),
         (
             CA_BUNDLE_PATCH_FILE,
             ca_bundle_patch(args, &generated),
             false,
         ),
+        (CA_KEY_FILE, generated.ca_key_pem.clone(), true),
+        (CA_FILE, generated.ca_pem.clone(), false),
     ];
     for (name, contents, secret) in files {
         let path = args.out_dir.join(name);
         write_atomically(&path, contents.as_bytes(), secret)?;
         println!("wrote {}", path.display());
     }
+    let ca_path = args.out_dir.join(CA_FILE);
+    match &generated.ca {
+        CaOrigin::Reused => println!(
+            "reused the CA in {}: the caBundle is unchanged",
+            ca_path.display()
+        ),
+        CaOrigin::New { previous: Some(_) } => println!(
+            "made a new CA; the caBundle holds it and the previous one, so replicas \
+             serving the old certificate stay trusted until they reload"
+        ),
+        CaOrigin::New { previous: None } => println!("made a new CA"),
+    }
     Ok(())
+}
+
+/// The CA of a previous run, if --out-dir holds one. A file that is there but
+/// unreadable is an error that names it: silently replacing it would drop a
+/// CA the cluster may still trust.
+fn read_existing_ca(out_dir: &Path) -> Result<Option<ExistingCa>> {
+    let cert_path = out_dir.join(CA_FILE);
+    let cert_pem = match fs::read_to_string(&cert_path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", cert_path.display()));
+        }
+    };
+    let not_after = ca_not_after(&cert_pem).with_context(|| {
+        format!(
+            "{}: not a PEM CA certificate (remove the file to start with a new CA)",
+            cert_path.display()
+        )
+    })?;
+    let key_path = out_dir.join(CA_KEY_FILE);
+    let key_pem = match fs::read_to_string(&key_path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", key_path.display()));
+        }
+    };
+    Ok(Some(ExistingCa {
+        cert_pem,
+        key_pem,
+        not_after,
+    }))
+}
+
+fn ca_not_after(pem: &str) -> Result<OffsetDateTime> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let cert = block
+        .parse_x509()
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if !cert.is_ca() {
+        bail!("the certificate is not a CA");
+    }
+    Ok(cert.validity().not_after.to_datetime())
 }
 
 fn validate(args: &CertsArgs) -> Result<()> {
@@ -143,13 +243,41 @@ fn service_sans(args: &CertsArgs) -> Vec<String> {
     sans
 }
 
-/// Generates a CA (ECDSA P-256) and a serving certificate signed by it.
-pub fn generate(args: &CertsArgs) -> Result<Generated> {
-    let now = OffsetDateTime::now_utc();
-    // Back-dated a little so that nodes with a slightly slow clock accept it.
-    let not_before = now - Duration::minutes(5);
-    let not_after = now + Duration::days(i64::from(args.days));
-
+/// The CA to sign with: the existing one while it outlives the new serving
+/// certificate (and --new-ca is not given), else a new one.
+fn choose_ca(
+    args: &CertsArgs,
+    existing: Option<&ExistingCa>,
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<(Issuer<'static, KeyPair>, String, String, CaOrigin)> {
+    if let Some(ca) = existing
+        && let (Some(key_pem), false) = (&ca.key_pem, args.new_ca)
+        && ca.not_after >= not_after
+    {
+        let key_path = args.out_dir.join(CA_KEY_FILE);
+        let key = KeyPair::from_pem(key_pem)
+            .with_context(|| format!("{}: not a PEM private key", key_path.display()))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key).with_context(|| {
+            format!(
+                "{}: cannot sign with this CA",
+                args.out_dir.join(CA_FILE).display()
+            )
+        })?;
+        if !key_matches(&ca.cert_pem, key_pem)? {
+            bail!(
+                "{} does not belong to {} (remove both to start with a new CA)",
+                key_path.display(),
+                args.out_dir.join(CA_FILE).display()
+            );
+        }
+        return Ok((
+            issuer,
+            ca.cert_pem.clone(),
+            key_pem.clone(),
+            CaOrigin::Reused,
+        ));
+    }
     let ca_key = KeyPair::generate().context("generating the CA key")?;
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
@@ -159,13 +287,49 @@ pub fn generate(args: &CertsArgs) -> Result<Generated> {
     );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
+    ca_params.not_before = now - Duration::minutes(5);
+    // Never shorter than the serving certificate it signs.
+    ca_params.not_after = (now + Duration::days(i64::from(args.ca_days))).max(not_after);
     let ca_cert = ca_params
         .self_signed(&ca_key)
         .context("self-signing the CA certificate")?;
     let ca_pem = ca_cert.pem();
-    let issuer = Issuer::new(ca_params, ca_key);
+    let ca_key_pem = ca_key.serialize_pem();
+    // The CA being replaced stays trusted while it is valid: replicas serve
+    // certificates it signed until they reload the new Secret.
+    let previous = existing
+        .filter(|ca| ca.not_after > now)
+        .map(|ca| ca.cert_pem.clone());
+    Ok((
+        Issuer::new(ca_params, ca_key),
+        ca_pem,
+        ca_key_pem,
+        CaOrigin::New { previous },
+    ))
+}
+
+/// Whether the private key is the one of the certificate.
+fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool> {
+    let key = KeyPair::from_pem(key_pem).context("reading the CA key")?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let cert = block
+        .parse_x509()
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
+/// Generates a serving certificate (ECDSA P-256) for the Service, signed by
+/// the reused or a new CA (see [`choose_ca`]).
+fn generate(
+    args: &CertsArgs,
+    existing: Option<&ExistingCa>,
+    now: OffsetDateTime,
+) -> Result<Generated> {
+    // Back-dated a little so that nodes with a slightly slow clock accept it.
+    let not_before = now - Duration::minutes(5);
+    let not_after = now + Duration::days(i64::from(args.days));
+    let (issuer, ca_pem, ca_key_pem, origin) = choose_ca(args, existing, now, not_after)?;
 
     let key = KeyPair::generate().context("generating the serving key")?;
     let mut params = CertificateParams::new(service_sans(args))
@@ -184,11 +348,24 @@ pub fn generate(args: &CertsArgs) -> Result<Generated> {
         .signed_by(&key, &issuer)
         .context("signing the serving certificate")?;
 
+    let mut bundle_pem = ca_pem.clone();
+    if let CaOrigin::New {
+        previous: Some(previous),
+    } = &origin
+    {
+        if !bundle_pem.ends_with('\n') {
+            bundle_pem.push('\n');
+        }
+        bundle_pem.push_str(previous);
+    }
     Ok(Generated {
         ca_pem,
+        ca_key_pem,
+        bundle_pem,
         // The chain the server presents: its own certificate; the CA travels in caBundle.
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        ca: origin,
     })
 }
 
@@ -218,7 +395,7 @@ fn secret_manifest(args: &CertsArgs, generated: &Generated) -> String {
 /// A strategic-merge patch: `webhooks` merges by `name`, so only `caBundle` of
 /// the listed entries changes when kustomize applies it to the base.
 fn ca_bundle_patch(args: &CertsArgs, generated: &Generated) -> String {
-    let bundle = BASE64.encode(&generated.ca_pem);
+    let bundle = BASE64.encode(&generated.bundle_pem);
     let mut out = format!(
         "# Generated by `kube-hardener certs`: the CA that signed {service}.{namespace}.svc.\n\
          apiVersion: admissionregistration.k8s.io/v1\n\
@@ -297,6 +474,8 @@ mod tests {
             webhooks: vec!["pods.kube-hardener.io".to_owned()],
             extra_sans: vec!["127.0.0.1".to_owned()],
             days: 30,
+            ca_days: 3650,
+            new_ca: false,
             out_dir: out_dir.to_path_buf(),
         }
     }
@@ -340,31 +519,159 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, [CA_FILE, SECRET_FILE, CA_BUNDLE_PATCH_FILE]);
+        let mut expected = [CA_FILE, CA_KEY_FILE, SECRET_FILE, CA_BUNDLE_PATCH_FILE];
+        expected.sort();
+        assert_eq!(names, expected);
     }
 
     #[cfg(unix)]
     #[test]
-    fn secret_file_is_private() {
+    fn files_with_private_keys_are_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         run(&args(dir.path())).unwrap();
-        let mode = fs::metadata(dir.path().join(SECRET_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "mode {mode:o} lets others read the key");
+        for file in [SECRET_FILE, CA_KEY_FILE] {
+            let mode = fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{file}: mode {mode:o} lets others read the key"
+            );
+        }
+    }
+
+    fn ca_of(dir: &Path) -> String {
+        fs::read_to_string(dir.join(CA_FILE)).unwrap()
+    }
+
+    /// The caBundle of the patch, split into its certificates.
+    fn bundle_of(dir: &Path) -> Vec<String> {
+        let patch = fs::read_to_string(dir.join(CA_BUNDLE_PATCH_FILE)).unwrap();
+        decode_field(&patch, "caBundle")
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether the serving certificate of the Secret was signed by `ca_pem`.
+    fn signed_by(dir: &Path, ca_pem: &str) -> bool {
+        let secret = fs::read_to_string(dir.join(SECRET_FILE)).unwrap();
+        let cert_pem = decode_field(&secret, "tls.crt");
+        let (_, cert) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
+        let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).unwrap();
+        let (cert, ca) = (cert.parse_x509().unwrap(), ca.parse_x509().unwrap());
+        cert.verify_signature(Some(ca.public_key())).is_ok()
     }
 
     #[test]
-    fn every_run_makes_a_new_ca() {
+    fn a_second_run_reuses_the_ca_so_the_bundle_does_not_change() {
         let dir = tempfile::tempdir().unwrap();
         let args = args(dir.path());
         run(&args).unwrap();
-        let first = fs::read_to_string(dir.path().join(CA_FILE)).unwrap();
+        let (ca, bundle) = (ca_of(dir.path()), bundle_of(dir.path()));
+        let first_secret = fs::read_to_string(dir.path().join(SECRET_FILE)).unwrap();
         run(&args).unwrap();
-        let second = fs::read_to_string(dir.path().join(CA_FILE)).unwrap();
-        assert_ne!(first, second);
+        assert_eq!(ca_of(dir.path()), ca);
+        assert_eq!(bundle_of(dir.path()), bundle);
+        assert_eq!(bundle, std::slice::from_ref(&ca));
+        // A new serving certificate and key, from the same CA.
+        let second_secret = fs::read_to_string(dir.path().join(SECRET_FILE)).unwrap();
+        assert_ne!(
+            decode_field(&first_secret, "tls.key"),
+            decode_field(&second_secret, "tls.key")
+        );
+        assert!(signed_by(dir.path(), &ca));
+    }
+
+    #[test]
+    fn a_new_ca_is_published_with_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = args(dir.path());
+        run(&args).unwrap();
+        let old = ca_of(dir.path());
+        args.new_ca = true;
+        run(&args).unwrap();
+        let new = ca_of(dir.path());
+        assert_ne!(new, old);
+        assert!(signed_by(dir.path(), &new));
+        // Replicas still serving the old certificate stay trusted.
+        assert_eq!(bundle_of(dir.path()), [new.clone(), old]);
+        // The next run reuses the new CA and drops the old one.
+        args.new_ca = false;
+        run(&args).unwrap();
+        assert_eq!(bundle_of(dir.path()), [new]);
+    }
+
+    #[test]
+    fn a_ca_that_would_expire_before_the_certificate_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = args(dir.path());
+        // The CA lives 40 days; a 30-day certificate fits, a 60-day one does not.
+        args.ca_days = 40;
+        run(&args).unwrap();
+        let old = ca_of(dir.path());
+        run(&args).unwrap();
+        assert_eq!(ca_of(dir.path()), old);
+        args.days = 60;
+        run(&args).unwrap();
+        let new = ca_of(dir.path());
+        assert_ne!(new, old);
+        assert_eq!(bundle_of(dir.path()), [new.clone(), old]);
+        // A new CA never ends before the certificate it signs.
+        let (_, pem) = x509_parser::pem::parse_x509_pem(new.as_bytes()).unwrap();
+        let not_after = pem.parse_x509().unwrap().validity().not_after.timestamp();
+        let wanted = (OffsetDateTime::now_utc() + Duration::days(60)).unix_timestamp();
+        assert!(not_after >= wanted - 60, "{not_after} < {wanted}");
+    }
+
+    #[test]
+    fn output_of_a_version_without_ca_key_rolls_over_to_a_new_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = args(dir.path());
+        run(&args).unwrap();
+        let old = ca_of(dir.path());
+        fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
+        run(&args).unwrap();
+        let new = ca_of(dir.path());
+        assert_ne!(new, old);
+        assert_eq!(bundle_of(dir.path()), [new, old]);
+    }
+
+    #[test]
+    fn unusable_ca_files_are_named_and_nothing_is_written() {
+        type Damage = fn(&Path);
+        let cases: [(&str, &str, Damage); 3] = [
+            (CA_FILE, "not a PEM CA certificate", |dir| {
+                fs::write(dir.join(CA_FILE), "garbage").unwrap();
+            }),
+            (CA_KEY_FILE, "not a PEM private key", |dir| {
+                fs::write(dir.join(CA_KEY_FILE), "garbage").unwrap();
+            }),
+            (CA_KEY_FILE, "does not belong to", |dir| {
+                let other = KeyPair::generate().unwrap().serialize_pem();
+                fs::write(dir.join(CA_KEY_FILE), other).unwrap();
+            }),
+        ];
+        for (file, message, damage) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let args = args(dir.path());
+            run(&args).unwrap();
+            damage(dir.path());
+            let before: Vec<_> = [SECRET_FILE, CA_BUNDLE_PATCH_FILE, CA_FILE, CA_KEY_FILE]
+                .iter()
+                .map(|name| fs::read(dir.path().join(name)).unwrap())
+                .collect();
+            let error = format!("{:#}", run(&args).unwrap_err());
+            assert!(error.contains(file) && error.contains(message), "{error}");
+            let after: Vec<_> = [SECRET_FILE, CA_BUNDLE_PATCH_FILE, CA_FILE, CA_KEY_FILE]
+                .iter()
+                .map(|name| fs::read(dir.path().join(name)).unwrap())
+                .collect();
+            assert_eq!(before, after, "{file}: files changed");
+        }
     }
 
     #[test]
@@ -392,8 +699,11 @@ mod tests {
         ];
         let generated = Generated {
             ca_pem: "CA".to_owned(),
+            ca_key_pem: String::new(),
+            bundle_pem: "CA".to_owned(),
             cert_pem: String::new(),
             key_pem: String::new(),
+            ca: CaOrigin::Reused,
         };
         let patch = ca_bundle_patch(&args, &generated);
         let bundle = BASE64.encode("CA");

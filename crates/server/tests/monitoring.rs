@@ -90,11 +90,14 @@ fn tokens(expr: &str) -> Vec<Token> {
     out
 }
 
+/// A label matcher: the label, and its value when matched exactly (`=`).
+type Matcher = (String, Option<String>);
+
 /// What one PromQL expression asks of the exporter.
 #[derive(Debug, Default)]
 struct Query {
-    /// Metric name → (label, exact value if matched with `=`).
-    selectors: Vec<(String, Vec<(String, Option<String>)>)>,
+    /// Metric names, each with its matchers.
+    selectors: Vec<(String, Vec<Matcher>)>,
     /// Labels named in `by (...)` / `without (...)`.
     grouping: Vec<String>,
 }
