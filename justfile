@@ -39,15 +39,7 @@ kind-deploy: kind-up image
     work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT; \
     cp -r deploy "$work/deploy"; \
     cargo run -q -p kube-hardener -- certs --out-dir "$work/deploy/overlays/self-signed/generated"; \
-    mkdir "$work/kind"; \
-    printf '%s\n' \
-      'apiVersion: kustomize.config.k8s.io/v1beta1' \
-      'kind: Kustomization' \
-      'resources: [../deploy/overlays/self-signed]' \
-      'images: [{name: ghcr.io/kube-hardener/kube-hardener, newName: kube-hardener, newTag: dev}]' \
-      'patches: [{target: {kind: Deployment, name: kube-hardener}, patch: "[{\"op\": \"add\", \"path\": \"/spec/template/spec/containers/0/imagePullPolicy\", \"value\": \"Never\"}]"}]' \
-      > "$work/kind/kustomization.yaml"; \
-    kubectl --context kind-{{kind_cluster}} apply --server-side -k "$work/kind"
+    kubectl --context kind-{{kind_cluster}} apply --server-side -k "$work/deploy/overlays/local-image"
     kubectl --context kind-{{kind_cluster}} -n kube-hardener rollout status deployment/kube-hardener --timeout 180s
 
 # The same e2e suite against kind, using the webhook deployed in the cluster.

@@ -387,6 +387,31 @@ fn missing_existing_secret_values_fail_with_their_names() -> Result<()> {
 }
 
 #[test]
+fn image_lookups_must_fit_in_the_webhook_timeout() -> Result<()> {
+    // The defaults (2 s budget, 2 s timeout) leave the API server no time.
+    let stderr = render_error(&["images.resolve=true"])?;
+    assert!(
+        stderr.contains("images.budget_ms (2000)")
+            && stderr.contains("webhook.timeoutSeconds (2 s)"),
+        "{stderr}"
+    );
+    let stderr = render_error(&["images.resolve=true", "images.budget_ms=1500"])?;
+    assert!(stderr.contains("images.budget_ms (1500)"), "{stderr}");
+    for fitting in [
+        &["images.resolve=true", "webhook.timeoutSeconds=5"][..],
+        &["images.resolve=true", "images.budget_ms=1000"][..],
+    ] {
+        let mut command = helm();
+        command.args(["template", RELEASE]).arg(chart());
+        for set in fitting {
+            command.args(["--set", set]);
+        }
+        run(&mut command)?;
+    }
+    Ok(())
+}
+
+#[test]
 fn a_misspelt_or_mistyped_value_fails_naming_it() -> Result<()> {
     for (set, named) in [
         ("hardening.run_as_usr=1000", "run_as_usr"),

@@ -171,49 +171,63 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
         false
     };
 
-    let result = async {
-        let stdout = dry_run_apply(&["-k"], &deploy.join("base"))?;
-        assert_applied(&stdout, &BASE_OBJECTS);
+    let result =
+        async {
+            let stdout = dry_run_apply(&["-k"], &deploy.join("base"))?;
+            assert_applied(&stdout, &BASE_OBJECTS);
 
-        // self-signed: generate the certificate files into a copy of deploy/.
-        let copy = work.path().join("deploy");
-        copy_tree(&deploy, &copy)?;
-        let generated = copy.join("overlays/self-signed/generated");
-        let _ = std::fs::remove_dir_all(&generated);
-        run(kube_hardener_e2e::kube_hardener_command()?
-            .args(["certs", "--out-dir"])
-            .arg(&generated))?;
-        let stdout = dry_run_apply(&["-k"], &copy.join("overlays/self-signed"))?;
-        assert_applied(&stdout, &BASE_OBJECTS);
-        assert_applied(&stdout, &["secret/kube-hardener-tls"]);
+            // self-signed: generate the certificate files into a copy of deploy/.
+            let copy = work.path().join("deploy");
+            copy_tree(&deploy, &copy)?;
+            let generated = copy.join("overlays/self-signed/generated");
+            let _ = std::fs::remove_dir_all(&generated);
+            run(kube_hardener_e2e::kube_hardener_command()?
+                .args(["certs", "--out-dir"])
+                .arg(&generated))?;
+            let stdout = dry_run_apply(&["-k"], &copy.join("overlays/self-signed"))?;
+            assert_applied(&stdout, &BASE_OBJECTS);
+            assert_applied(&stdout, &["secret/kube-hardener-tls"]);
 
-        let rendered = run(kubectl()
-            .arg("kustomize")
-            .arg(copy.join("overlays/self-signed")))?;
-        let docs = documents(&String::from_utf8(rendered.stdout)?)?;
-        let webhook = find(&docs, "MutatingWebhookConfiguration", "kube-hardener")?;
-        let ca = std::fs::read_to_string(generated.join("ca.crt"))?;
-        let bundle = webhook["webhooks"][0]["clientConfig"]["caBundle"]
-            .as_str()
-            .context("the self-signed overlay left caBundle empty")?;
-        use base64::Engine;
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD.decode(bundle)?,
-            ca.as_bytes()
-        );
-        // The patch only added caBundle: the rest of the webhook is the base's.
-        assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Ignore");
-        assert_eq!(
-            webhook["webhooks"][0]["clientConfig"]["service"]["path"],
-            "/mutate"
-        );
+            let rendered = run(kubectl()
+                .arg("kustomize")
+                .arg(copy.join("overlays/self-signed")))?;
+            let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+            let webhook = find(&docs, "MutatingWebhookConfiguration", "kube-hardener")?;
+            let ca = std::fs::read_to_string(generated.join("ca.crt"))?;
+            let bundle = webhook["webhooks"][0]["clientConfig"]["caBundle"]
+                .as_str()
+                .context("the self-signed overlay left caBundle empty")?;
+            use base64::Engine;
+            assert_eq!(
+                base64::engine::general_purpose::STANDARD.decode(bundle)?,
+                ca.as_bytes()
+            );
+            // The patch only added caBundle: the rest of the webhook is the base's.
+            assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Ignore");
+            assert_eq!(
+                webhook["webhooks"][0]["clientConfig"]["service"]["path"],
+                "/mutate"
+            );
 
-        let crds = install_crds(&CERT_MANAGER_CRDS)?;
-        let checked = check_cert_manager_overlay(&deploy);
-        remove_crds(&crds)?;
-        checked
-    }
-    .await;
+            // local-image: the self-signed overlay with a locally built image that
+            // is never pulled; the override must reach the Deployment.
+            let stdout = dry_run_apply(&["-k"], &copy.join("overlays/local-image"))?;
+            assert_applied(&stdout, &BASE_OBJECTS);
+            let rendered = run(kubectl()
+                .arg("kustomize")
+                .arg(copy.join("overlays/local-image")))?;
+            let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+            let container = &find(&docs, "Deployment", "kube-hardener")?["spec"]["template"]["spec"]
+                ["containers"][0];
+            assert_eq!(container["image"], "kube-hardener:dev");
+            assert_eq!(container["imagePullPolicy"], "Never");
+
+            let crds = install_crds(&CERT_MANAGER_CRDS)?;
+            let checked = check_cert_manager_overlay(&deploy);
+            remove_crds(&crds)?;
+            checked
+        }
+        .await;
 
     if created_namespace {
         namespaces
@@ -228,7 +242,12 @@ fn every_yaml_file_under_deploy_is_part_of_a_kustomization() -> Result<()> {
     // A manifest that no kustomization lists would never be validated above.
     let deploy = workspace_root().join("deploy");
     let mut unlisted = Vec::new();
-    for dir in ["base", "overlays/cert-manager", "overlays/self-signed"] {
+    for dir in [
+        "base",
+        "overlays/cert-manager",
+        "overlays/self-signed",
+        "overlays/local-image",
+    ] {
         let dir = deploy.join(dir);
         let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))?;
         for entry in std::fs::read_dir(&dir)? {
