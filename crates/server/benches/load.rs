@@ -12,8 +12,10 @@
 //! `KH_BENCH_SECONDS` per phase (10), `KH_BENCH_CONNECTIONS` (32),
 //! `KH_BENCH_NAMESPACES` created before the memory phase (10000),
 //! `KH_BENCH_LOG_LEVEL` of the server (info), `KH_BENCH_HUGE=0` to skip the
-//! phase with 4 MiB pods in flight (for a baseline binary that cannot do it). Targets only 127.0.0.1, every
-//! phase is bounded in time, and the server is stopped with SIGTERM at the end.
+//! phase with 4 MiB pods in flight (for a baseline binary that cannot do it),
+//! `KH_BENCH_RESOLVE=0` to skip the image-lookup phase (it starts Debian's
+//! docker-registry on loopback). Targets only 127.0.0.1, every phase is bounded
+//! in time, and the server is stopped with SIGTERM at the end.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ struct Settings {
     log_level: String,
     /// Whether to run the phase with huge pods in flight.
     huge: bool,
+    /// Whether to run the phase with `images.resolve` on.
+    resolve: bool,
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> anyhow::Result<T> {
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         namespaces: env_or("KH_BENCH_NAMESPACES", 10_000)?,
         log_level: env_or("KH_BENCH_LOG_LEVEL", "info".to_owned())?,
         huge: env_or("KH_BENCH_HUGE", 1u8)? != 0,
+        resolve: env_or("KH_BENCH_RESOLVE", 1u8)? != 0,
     };
     if !settings.bin.exists() {
         bail!(
@@ -157,6 +162,10 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         );
     }
 
+    if settings.resolve {
+        resolve_phase(settings, &pki, phase).await?;
+    }
+
     if settings.huge {
         let server = Server::start(settings, &pki, 2).await?;
         huge_phase(&server, &pki, phase).await?;
@@ -183,6 +192,83 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
             kib_to_mib(rss_load),
             sat.rate()
         );
+    }
+    Ok(())
+}
+
+/// What `images.resolve` costs a review once the cache holds the images: the
+/// same review (its two images moved to a loopback registry, both `USER
+/// 65532`) against a server with lookups off and one with lookups on, in
+/// turn, twice, so drift of the machine shows up as a difference between the
+/// two rounds rather than as a cost.
+async fn resolve_phase(settings: &Settings, pki: &Pki, phase: Duration) -> anyhow::Result<()> {
+    use kube_hardener_testkit::registry::{Registry, TestImage};
+    let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
+    let mut review = REVIEW.to_owned();
+    for (from, to) in [
+        ("registry.example/team-a/web:1.27.3", "kh/web:1"),
+        ("registry.example/platform/shipper:3.1.0", "kh/shipper:1"),
+    ] {
+        if !review.contains(from) {
+            bail!("the captured review no longer names {from}");
+        }
+        registry
+            .push(to, &TestImage::new(Some("65532"), &[]))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        review = review.replace(from, &format!("{}/{to}", registry.host));
+    }
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("registry-ca.crt");
+    std::fs::write(&ca, &registry.ca_pem)?;
+    let on = vec![
+        ("KUBE_HARDENER_IMAGES__RESOLVE", "true".to_owned()),
+        ("KUBE_HARDENER_IMAGES__CA_FILE", ca.display().to_string()),
+    ];
+    for round in 1..=2 {
+        for (label, env) in [
+            ("resolve off", Vec::new()),
+            ("resolve on, cache warm", on.clone()),
+        ] {
+            let server = Server::start_with(settings, pki, 2, &env, &review).await?;
+            // Warm-up: connections, TLS sessions, and with lookups on the
+            // first (cold) lookup of each image.
+            saturate(&server, pki, settings.connections, Duration::from_secs(2)).await?;
+            let cpu_before = cpu_seconds(server.pid())?;
+            let mut sat = saturate(&server, pki, settings.connections, phase).await?;
+            let cpu = cpu_seconds(server.pid())? - cpu_before;
+            let cpu_per_review_us = cpu * 1e6 / sat.latencies.len().max(1) as f64;
+            let in_server = server.mean_review_us().await?;
+            let half_rate = sat.rate() / 2.0;
+            let buckets_before = server.histogram().await?;
+            let mut half = paced(&server, pki, settings.connections, half_rate, phase).await?;
+            let server_p99 =
+                quantile_upper_bound(&buckets_before, &server.histogram().await?, 0.99);
+            let answers: Vec<String> = http_get(server.health, "/metrics")
+                .await?
+                .lines()
+                .filter(|line| line.starts_with("kube_hardener_image_answers_total{"))
+                .filter(|line| !line.ends_with(" 0"))
+                .map(|line| {
+                    line.trim_start_matches("kube_hardener_image_answers_total")
+                        .to_owned()
+                })
+                .collect();
+            let exit = server.stop().await?;
+            println!(
+                "{label} (round {round}, workers=2): server CPU {cpu_per_review_us:.1} µs per review, \
+                 {in_server:.1} µs mean in the handler | saturation {:.0} reviews/s (p50 {:.2} ms, \
+                 p99 {:.2} ms, {} errors) | at {half_rate:.0}/s: p50 {:.3} ms, p99 {:.3} ms from send, \
+                 handler p99 ≤ {server_p99} ({} errors) | image answers {answers:?} | SIGTERM exit: {exit}",
+                sat.rate(),
+                sat.percentile(0.50),
+                sat.percentile(0.99),
+                sat.errors,
+                half.percentile(0.50),
+                half.percentile(0.99),
+                half.errors,
+            );
+        }
     }
     Ok(())
 }
@@ -247,6 +333,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     health: SocketAddr,
+    /// The review every connection sends, as one HTTP request.
+    request: Arc<Vec<u8>>,
     _log_dir: tempfile::TempDir,
 }
 
@@ -258,6 +346,17 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Server {
     async fn start(settings: &Settings, pki: &Pki, workers: usize) -> anyhow::Result<Server> {
+        Self::start_with(settings, pki, workers, &[], REVIEW).await
+    }
+
+    /// A server with extra `KUBE_HARDENER_*` configuration, loaded with `review`.
+    async fn start_with(
+        settings: &Settings,
+        pki: &Pki,
+        workers: usize,
+        env: &[(&str, String)],
+        review: &str,
+    ) -> anyhow::Result<Server> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log_dir = tempfile::tempdir()?;
@@ -277,6 +376,7 @@ impl Server {
             .env("KUBE_HARDENER_SERVER__WORKERS", workers.to_string())
             .env("KUBE_HARDENER_SERVER__LOG_LEVEL", &settings.log_level)
             .env("KUBE_HARDENER_SERVER__LOG_FORMAT", "json")
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -286,6 +386,7 @@ impl Server {
             child,
             addr,
             health,
+            request: Arc::new(request_bytes(review)),
             _log_dir: log_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -599,13 +700,13 @@ fn huge_request_bytes() -> anyhow::Result<Vec<u8>> {
     Ok(request)
 }
 
-fn request_bytes() -> Vec<u8> {
+fn request_bytes(review: &str) -> Vec<u8> {
     let mut request = format!(
         "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        REVIEW.len()
+        review.len()
     )
     .into_bytes();
-    request.extend_from_slice(REVIEW.as_bytes());
+    request.extend_from_slice(review.as_bytes());
     request
 }
 
@@ -692,7 +793,7 @@ where
     F: Fn(usize, Connection, Instant) -> Fut,
     Fut: std::future::Future<Output = Run>,
 {
-    let request = Arc::new(request_bytes());
+    let request = Arc::clone(&server.request);
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         conns.push(Connection::open(server.addr, pki, Arc::clone(&request)).await?);
