@@ -64,6 +64,18 @@ pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> 
         .with_context(|| format!("{kind} {name} is not in the rendered manifests"))
 }
 
+/// A real server-side apply of one manifest file, as the suites' field manager.
+pub fn apply(path: &Path) -> Result<Output> {
+    run(kubectl()
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager=kube-hardener-e2e",
+            "-f",
+        ])
+        .arg(path))
+}
+
 /// A CRD the suites need, as a file of a pinned upstream release whose
 /// directory e2e/controlplane/up.sh names in an environment variable.
 #[derive(Debug, Clone, Copy)]
@@ -129,14 +141,7 @@ pub fn install_crds(crds: &[Crd]) -> Result<Vec<&'static str>> {
         })?;
         let path = Path::new(&dir).join(crd.file);
         ensure!(path.is_file(), "{} does not exist", path.display());
-        run(kubectl()
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager=kube-hardener-e2e",
-                "-f",
-            ])
-            .arg(&path))?;
+        apply(&path)?;
         installed.push(crd.name);
         // Right after creation the CRD may have no status.conditions yet, and
         // `kubectl wait` then fails at once ("accessor error") instead of
@@ -172,6 +177,9 @@ pub fn retry_while<T>(
     }
 }
 
+/// Deletes the CRDs and waits until they are gone: a CRD still terminating
+/// looks installed to the next suite's [`install_crds`], whose kinds then
+/// vanish under it.
 pub fn remove_crds(crds: &[&str]) -> Result<()> {
     for crd in crds {
         run(kubectl().args([
@@ -179,7 +187,8 @@ pub fn remove_crds(crds: &[&str]) -> Result<()> {
             "customresourcedefinition",
             crd,
             "--ignore-not-found",
-            "--wait=false",
+            "--wait=true",
+            "--timeout=60s",
         ]))?;
     }
     Ok(())

@@ -85,10 +85,14 @@ fn modes() -> Result<Vec<Mode>> {
     ])
 }
 
-/// `helm template` with a values file; the rendered documents.
+/// `helm template` of release `kh` with a values file; the rendered documents.
 fn render(namespace: &str, values: &Path) -> Result<Vec<Value>> {
+    render_release(RELEASE, namespace, values)
+}
+
+fn render_release(release: &str, namespace: &str, values: &Path) -> Result<Vec<Value>> {
     let output = run(helm()
-        .args(["template", RELEASE])
+        .args(["template", release])
         .arg(chart())
         .args(["--namespace", namespace, "-f"])
         .arg(values))?;
@@ -509,12 +513,7 @@ fn the_chart_and_the_kustomize_base_do_not_drift() -> Result<()> {
         &json!({"certificates": {"mode": "existing", "existing": {
             "secretName": "kube-hardener-tls", "caBundle": some_ca_bundle()?}}}),
     )?;
-    let output = run(helm()
-        .args(["template", "kube-hardener"])
-        .arg(chart())
-        .args(["--namespace", "kube-hardener", "-f"])
-        .arg(&values))?;
-    let mut chart_docs = documents(&String::from_utf8(output.stdout)?)?;
+    let mut chart_docs = render_release("kube-hardener", "kube-hardener", &values)?;
     let output = run(kubectl()
         .arg("kustomize")
         .arg(workspace_root().join("deploy/base")))?;
@@ -806,12 +805,7 @@ fn rules_file(dir: &Path) -> Result<PathBuf> {
         "monitoring",
         &json!({"metrics": {"prometheusRule": {"enabled": true}}}),
     )?;
-    let output = run(helm()
-        .args(["template", "kube-hardener"])
-        .arg(chart())
-        .args(["--namespace", "kube-hardener", "-f"])
-        .arg(&values))?;
-    let docs = documents(&String::from_utf8(output.stdout)?)?;
+    let docs = render_release("kube-hardener", "kube-hardener", &values)?;
     let rule = find(&docs, "PrometheusRule", "kube-hardener")?;
     let path = dir.join("rules.yaml");
     std::fs::write(&path, serde_json::to_vec_pretty(&rule["spec"])?)?;

@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::DeleteParams;
 use kube_hardener_e2e::manifests::{
-    CERT_MANAGER_CRDS, documents, dry_run_apply, find, install_crds, remove_crds, retry_while, run,
+    CERT_MANAGER_CRDS, apply, documents, dry_run_apply, find, install_crds, remove_crds,
+    retry_while, run,
 };
 use kube_hardener_e2e::{client, kubectl, workspace_root};
 use serde_json::Value;
@@ -158,14 +159,7 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
     // where kube-hardener is deployed) and remove it again afterwards.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let created_namespace = if namespaces.get_opt(NAMESPACE).await?.is_none() {
-        run(kubectl()
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager=kube-hardener-e2e",
-                "-f",
-            ])
-            .arg(deploy.join("base/namespace.yaml")))?;
+        apply(&deploy.join("base/namespace.yaml"))?;
         true
     } else {
         false

@@ -202,6 +202,38 @@ async fn presented_certificate(server: &LocalWebhook, ca_pem: &str) -> Result<Ve
         .context("the server presented no certificate")
 }
 
+/// Creates plain pods `PREFIX-0`, `PREFIX-1`, … one after another, `pause`
+/// apart, until `max` or until `done` is set: each name with whether the stored
+/// pod was hardened, or the error its create met.
+async fn create_plain_pods(
+    ns: Arc<TestNamespace>,
+    prefix: String,
+    max: usize,
+    pause: Duration,
+    done: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Vec<(String, Result<bool>)> {
+    let mut results = Vec::new();
+    for i in 0..max {
+        if done
+            .as_ref()
+            .is_some_and(|done| done.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            break;
+        }
+        let name = format!("{prefix}-{i}");
+        let created = async {
+            ns.pods()
+                .create(&PostParams::default(), &pod(plain_pod(&name))?)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        results.push((name, created.map(|p| applied_annotation(&p).is_some())));
+        tokio::time::sleep(pause).await;
+    }
+    results
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_under_load_loses_no_admission() -> Result<()> {
     let client = client().await?;
@@ -218,22 +250,13 @@ async fn certificate_rotation_under_load_loses_no_admission() -> Result<()> {
     const PODS_PER_WRITER: usize = 40;
     let writers: Vec<_> = (0..2)
         .map(|writer| {
-            let ns = Arc::clone(&ns);
-            tokio::spawn(async move {
-                let mut results = Vec::new();
-                for i in 0..PODS_PER_WRITER {
-                    let name = format!("w{writer}-{i}");
-                    let created = async {
-                        ns.pods()
-                            .create(&PostParams::default(), &pod(plain_pod(&name))?)
-                            .await
-                            .map_err(anyhow::Error::from)
-                    }
-                    .await;
-                    results.push((name, created.map(|p| applied_annotation(&p).is_some())));
-                }
-                results
-            })
+            tokio::spawn(create_plain_pods(
+                Arc::clone(&ns),
+                format!("w{writer}"),
+                PODS_PER_WRITER,
+                Duration::ZERO,
+                None,
+            ))
         })
         .collect();
     for _ in 0..3 {
@@ -357,29 +380,13 @@ async fn renewal_with_kube_hardener_certs_loses_no_admission() -> Result<()> {
     // Bounded in count as well as by the renewal's end.
     const MAX_PODS: usize = 400;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let ns = Arc::clone(&ns);
-        let done = Arc::clone(&done);
-        tokio::spawn(async move {
-            let mut results = Vec::new();
-            for i in 0..MAX_PODS {
-                if done.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let name = format!("renew-{i}");
-                let created = async {
-                    ns.pods()
-                        .create(&PostParams::default(), &pod(plain_pod(&name))?)
-                        .await
-                        .map_err(anyhow::Error::from)
-                }
-                .await;
-                results.push((name, created.map(|p| applied_annotation(&p).is_some())));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            results
-        })
-    };
+    let writer = tokio::spawn(create_plain_pods(
+        Arc::clone(&ns),
+        "renew".to_owned(),
+        MAX_PODS,
+        Duration::from_millis(50),
+        Some(Arc::clone(&done)),
+    ));
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let apply_bundle = |bundle: String| {
         let webhooks = webhooks.clone();
