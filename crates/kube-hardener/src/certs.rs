@@ -74,11 +74,27 @@ pub struct CertsArgs {
 pub struct Generated {
     pub ca_pem: String,
     pub ca_key_pem: String,
-    /// What the API server trusts: the CA, then a previous CA during a rollover.
-    pub bundle_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
     pub ca: CaOrigin,
+}
+
+impl Generated {
+    /// What the API server is to trust: the CA, then the previous CA during a
+    /// rollover.
+    pub fn bundle_pem(&self) -> String {
+        let mut bundle = self.ca_pem.clone();
+        if let CaOrigin::New {
+            previous: Some(previous),
+        } = &self.ca
+        {
+            if !bundle.ends_with('\n') {
+                bundle.push('\n');
+            }
+            bundle.push_str(previous);
+        }
+        bundle
+    }
 }
 
 /// Where the CA of a run came from, as reported to the operator.
@@ -96,6 +112,8 @@ struct ExistingCa {
     /// None when only ca.crt is there (written before ca.key existed).
     key_pem: Option<String>,
     not_after: OffsetDateTime,
+    /// The certificate's public key, to check that ca.key belongs to it.
+    public_key: Vec<u8>,
 }
 
 /// Runs the subcommand: generates and writes the four files, then lists them.
@@ -149,7 +167,7 @@ fn read_existing_ca(out_dir: &Path) -> Result<Option<ExistingCa>> {
             return Err(error).with_context(|| format!("reading {}", cert_path.display()));
         }
     };
-    let not_after = ca_not_after(&cert_pem).with_context(|| {
+    let (not_after, public_key) = parse_ca(&cert_pem).with_context(|| {
         format!(
             "{}: not a PEM CA certificate (remove the file to start with a new CA)",
             cert_path.display()
@@ -167,10 +185,12 @@ fn read_existing_ca(out_dir: &Path) -> Result<Option<ExistingCa>> {
         cert_pem,
         key_pem,
         not_after,
+        public_key,
     }))
 }
 
-fn ca_not_after(pem: &str) -> Result<OffsetDateTime> {
+/// The end of validity and the public key of a PEM CA certificate.
+fn parse_ca(pem: &str) -> Result<(OffsetDateTime, Vec<u8>)> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     let cert = block
@@ -179,7 +199,10 @@ fn ca_not_after(pem: &str) -> Result<OffsetDateTime> {
     if !cert.is_ca() {
         bail!("the certificate is not a CA");
     }
-    Ok(cert.validity().not_after.to_datetime())
+    Ok((
+        cert.validity().not_after.to_datetime(),
+        cert.public_key().subject_public_key.data.to_vec(),
+    ))
 }
 
 fn validate(args: &CertsArgs) -> Result<()> {
@@ -258,19 +281,19 @@ fn choose_ca(
         let key_path = args.out_dir.join(CA_KEY_FILE);
         let key = KeyPair::from_pem(key_pem)
             .with_context(|| format!("{}: not a PEM private key", key_path.display()))?;
-        let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key).with_context(|| {
-            format!(
-                "{}: cannot sign with this CA",
-                args.out_dir.join(CA_FILE).display()
-            )
-        })?;
-        if !key_matches(&ca.cert_pem, key_pem)? {
+        if key.public_key_raw() != ca.public_key.as_slice() {
             bail!(
                 "{} does not belong to {} (remove both to start with a new CA)",
                 key_path.display(),
                 args.out_dir.join(CA_FILE).display()
             );
         }
+        let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key).with_context(|| {
+            format!(
+                "{}: cannot sign with this CA",
+                args.out_dir.join(CA_FILE).display()
+            )
+        })?;
         return Ok((
             issuer,
             ca.cert_pem.clone(),
@@ -308,17 +331,6 @@ fn choose_ca(
     ))
 }
 
-/// Whether the private key is the one of the certificate.
-fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool> {
-    let key = KeyPair::from_pem(key_pem).context("reading the CA key")?;
-    let (_, block) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let cert = block
-        .parse_x509()
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
-}
-
 /// Generates a serving certificate (ECDSA P-256) for the Service, signed by
 /// the reused or a new CA (see [`choose_ca`]).
 fn generate(
@@ -348,20 +360,9 @@ fn generate(
         .signed_by(&key, &issuer)
         .context("signing the serving certificate")?;
 
-    let mut bundle_pem = ca_pem.clone();
-    if let CaOrigin::New {
-        previous: Some(previous),
-    } = &origin
-    {
-        if !bundle_pem.ends_with('\n') {
-            bundle_pem.push('\n');
-        }
-        bundle_pem.push_str(previous);
-    }
     Ok(Generated {
         ca_pem,
         ca_key_pem,
-        bundle_pem,
         // The chain the server presents: its own certificate; the CA travels in caBundle.
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -395,7 +396,7 @@ fn secret_manifest(args: &CertsArgs, generated: &Generated) -> String {
 /// A strategic-merge patch: `webhooks` merges by `name`, so only `caBundle` of
 /// the listed entries changes when kustomize applies it to the base.
 fn ca_bundle_patch(args: &CertsArgs, generated: &Generated) -> String {
-    let bundle = BASE64.encode(&generated.bundle_pem);
+    let bundle = BASE64.encode(generated.bundle_pem());
     let mut out = format!(
         "# Generated by `kube-hardener certs`: the CA that signed {service}.{namespace}.svc.\n\
          apiVersion: admissionregistration.k8s.io/v1\n\
@@ -700,7 +701,6 @@ mod tests {
         let generated = Generated {
             ca_pem: "CA".to_owned(),
             ca_key_pem: String::new(),
-            bundle_pem: "CA".to_owned(),
             cert_pem: String::new(),
             key_pem: String::new(),
             ca: CaOrigin::Reused,
