@@ -158,6 +158,23 @@ pub struct NamespaceOptions {
 pub const GROUP_LABEL: &str = "e2e.kube-hardener.io/group";
 
 impl NamespaceOptions {
+    /// A namespace where Pod Security applies the `restricted` level in each
+    /// of `modes` (`enforce`, `warn`, `audit`).
+    pub fn restricted(modes: &[&str]) -> Self {
+        NamespaceOptions {
+            labels: modes
+                .iter()
+                .map(|mode| {
+                    (
+                        format!("pod-security.kubernetes.io/{mode}"),
+                        "restricted".to_owned(),
+                    )
+                })
+                .collect(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
     /// A namespace in `group` (see [`GROUP_LABEL`]) with these annotations.
     pub fn in_group(group: &str, annotations: BTreeMap<String, String>) -> Self {
         NamespaceOptions {

@@ -100,13 +100,20 @@ fn render_release(release: &str, namespace: &str, values: &Path) -> Result<Vec<V
 }
 
 /// `helm template` that must fail; its stderr.
-fn render_error(sets: &[&str]) -> Result<String> {
+/// `helm template` of release `kh` with `--set` values.
+fn template_with(sets: &[&str]) -> Command {
     let mut command = helm();
     command.args(["template", RELEASE]).arg(chart());
     for set in sets {
         command.args(["--set", set]);
     }
-    let output = command.output().context("running helm template")?;
+    command
+}
+
+fn render_error(sets: &[&str]) -> Result<String> {
+    let output = template_with(sets)
+        .output()
+        .context("running helm template")?;
     ensure!(!output.status.success(), "helm template {sets:?} succeeded");
     Ok(String::from_utf8_lossy(&output.stderr).into_owned())
 }
@@ -405,12 +412,7 @@ fn image_lookups_must_fit_in_the_webhook_timeout() -> Result<()> {
         &["images.resolve=true", "webhook.timeoutSeconds=5"][..],
         &["images.resolve=true", "images.budget_ms=1000"][..],
     ] {
-        let mut command = helm();
-        command.args(["template", RELEASE]).arg(chart());
-        for set in fitting {
-            command.args(["--set", set]);
-        }
-        run(&mut command)?;
+        run(&mut template_with(fitting))?;
     }
     Ok(())
 }
@@ -583,7 +585,7 @@ fn the_chart_and_the_kustomize_base_do_not_drift() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_is_accepted_by_the_api_server() -> Result<()> {
     let client = client().await?;
-    let namespace = TestNamespace::create(&client, "chart", restricted()).await?;
+    let namespace = TestNamespace::create(&client, "chart", restricted_everywhere()).await?;
     let work = tempfile::tempdir()?;
     let mut crds = install_crds(&CERT_MANAGER_CRDS)?;
     let result = install_crds(&PROMETHEUS_OPERATOR_CRDS).and_then(|more| {
@@ -637,15 +639,10 @@ async fn every_mode_is_accepted_by_the_api_server() -> Result<()> {
     result
 }
 
-fn restricted() -> NamespaceOptions {
-    let mut options = NamespaceOptions::default();
-    for mode in ["enforce", "warn", "audit"] {
-        options.labels.insert(
-            format!("pod-security.kubernetes.io/{mode}"),
-            "restricted".to_owned(),
-        );
-    }
-    options
+/// Pod Security `restricted` in all three modes: `warn` and `audit` also
+/// judge workload templates, which `enforce` never sees.
+fn restricted_everywhere() -> NamespaceOptions {
+    NamespaceOptions::restricted(&["enforce", "warn", "audit"])
 }
 
 fn kubectl_json(args: &[&str]) -> Result<Value> {
@@ -697,7 +694,7 @@ fn installed_certificates(namespace: &str) -> Result<Certificates> {
 async fn install_keeps_the_ca_across_upgrades_renews_with_it_and_uninstalls_cleanly() -> Result<()>
 {
     let client = client().await?;
-    let namespace = TestNamespace::create(&client, "helm", restricted()).await?;
+    let namespace = TestNamespace::create(&client, "helm", restricted_everywhere()).await?;
     let ns = namespace.name.as_str();
     let work = tempfile::tempdir()?;
     let values = values_file(

@@ -299,41 +299,6 @@ fn generated_field(yaml: &str, key: &str) -> Result<String> {
     Ok(String::from_utf8(BASE64.decode(encoded)?)?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_from_kube_hardener_certs_is_trusted_by_the_api_server() -> Result<()> {
-    // The self-signed install path end to end: the Secret and caBundle written by
-    // `kube-hardener certs`, served by the webhook and verified by the API server.
-    let out = tempfile::tempdir()?;
-    let status = kube_hardener_e2e::kube_hardener_command()?
-        .args(["certs", "--san", "127.0.0.1", "--out-dir"])
-        .arg(out.path())
-        .status()?;
-    assert!(status.success());
-    let secret = std::fs::read_to_string(out.path().join("tls-secret.yaml"))?;
-    let patch = std::fs::read_to_string(out.path().join("webhook-ca-bundle.yaml"))?;
-    let certificate = kube_hardener_e2e::Certificate {
-        cert_pem: generated_field(&secret, "tls.crt")?,
-        key_pem: generated_field(&secret, "tls.key")?,
-        ca_pem: generated_field(&patch, "caBundle")?,
-    };
-    let server = LocalWebhook::start(ServerOptions {
-        certificate: Some(certificate),
-        ..ServerOptions::default()
-    })
-    .await?;
-    let client = client().await?;
-    let ns = TestNamespace::create(&client, "certs", Default::default()).await?;
-    let _registration =
-        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
-    wait_until_hardening(&ns).await?;
-    let stored = ns
-        .pods()
-        .create(&PostParams::default(), &pod(plain_pod("web"))?)
-        .await?;
-    assert!(applied_annotation(&stored).is_some());
-    Ok(())
-}
-
 /// One run of `kube-hardener certs` into `out`: the serving certificate and
 /// key of its Secret, and its caBundle.
 fn run_certs(out: &Path, extra: &[&str]) -> Result<kube_hardener_e2e::Certificate> {
@@ -354,6 +319,30 @@ fn run_certs(out: &Path, extra: &[&str]) -> Result<kube_hardener_e2e::Certificat
         key_pem: generated_field(&secret, "tls.key")?,
         ca_pem: generated_field(&patch, "caBundle")?,
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_kube_hardener_certs_is_trusted_by_the_api_server() -> Result<()> {
+    // The self-signed install path end to end: the Secret and caBundle written by
+    // `kube-hardener certs`, served by the webhook and verified by the API server.
+    let out = tempfile::tempdir()?;
+    let certificate = run_certs(out.path(), &[])?;
+    let server = LocalWebhook::start(ServerOptions {
+        certificate: Some(certificate),
+        ..ServerOptions::default()
+    })
+    .await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "certs", Default::default()).await?;
+    let _registration =
+        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
+    wait_until_hardening(&ns).await?;
+    let stored = ns
+        .pods()
+        .create(&PostParams::default(), &pod(plain_pod("web"))?)
+        .await?;
+    assert!(applied_annotation(&stored).is_some());
+    Ok(())
 }
 
 /// Renewal as an operator does it with the self-signed overlay: `kube-hardener

@@ -748,13 +748,7 @@ async fn opt_outs_and_exclusions_match_the_webhook() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_pod_passes_the_restricted_profile_through_the_policy() -> Result<()> {
     let client = client().await?;
-    let restricted = NamespaceOptions {
-        labels: BTreeMap::from([(
-            "pod-security.kubernetes.io/enforce".to_owned(),
-            "restricted".to_owned(),
-        )]),
-        annotations: BTreeMap::new(),
-    };
+    let restricted = NamespaceOptions::restricted(&["enforce"]);
     let (bound, _policy) =
         bound_namespace(&client, "map-restricted", restricted.clone(), "", &[]).await?;
     let unbound = TestNamespace::create(&client, "map-restricted-unbound", restricted).await?;

@@ -168,13 +168,7 @@ async fn a_hardened_pod_runs_and_is_confined_from_the_inside() -> Result<()> {
     let unhardened = TestNamespace::create(
         &plain.client,
         "node-restricted-bare",
-        NamespaceOptions {
-            labels: BTreeMap::from([(
-                "pod-security.kubernetes.io/enforce".to_owned(),
-                "restricted".to_owned(),
-            )]),
-            annotations: BTreeMap::new(),
-        },
+        NamespaceOptions::restricted(&["enforce"]),
     )
     .await?;
     let refused = unhardened

@@ -121,19 +121,15 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         let idle = server.rss_kib()?;
         // Warm-up: connections, TLS sessions, allocator arenas.
         saturate(&server, &pki, settings.connections, Duration::from_secs(2)).await?;
-        let cpu_before = cpu_seconds(server.pid())?;
-        let (mut sat, rss_load) = {
-            let sampler = RssSampler::start(server.pid());
-            let sat = saturate(&server, &pki, settings.connections, phase).await?;
-            (sat, sampler.stop().await)
-        };
-        let cpu = cpu_seconds(server.pid())? - cpu_before;
-        let cpu_per_review_us = cpu * 1e6 / sat.latencies.len().max(1) as f64;
-        let in_server = server.mean_review_us().await?;
-        let half_rate = sat.rate() / 2.0;
-        let buckets_before = server.histogram().await?;
-        let mut half = paced(&server, &pki, settings.connections, half_rate, phase).await?;
-        let server_p99 = quantile_upper_bound(&buckets_before, &server.histogram().await?, 0.99);
+        let Measured {
+            mut sat,
+            mut half,
+            half_rate,
+            rss_load,
+            cpu_per_review_us,
+            in_server,
+            server_p99,
+        } = measure(&server, &pki, settings.connections, phase).await?;
         let hwm = server.hwm_kib()?;
         let exit = server.stop().await?;
         println!(
@@ -196,6 +192,47 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One measurement of a warmed-up server: a closed loop at saturation (with
+/// its RSS and the server's CPU per review), then an open loop at half that
+/// rate (with the handler's own p99 from the server's histogram).
+struct Measured {
+    sat: Run,
+    half: Run,
+    half_rate: f64,
+    rss_load: u64,
+    cpu_per_review_us: f64,
+    in_server: f64,
+    server_p99: String,
+}
+
+async fn measure(
+    server: &Server,
+    pki: &Pki,
+    connections: usize,
+    phase: Duration,
+) -> anyhow::Result<Measured> {
+    let cpu_before = cpu_seconds(server.pid())?;
+    let sampler = RssSampler::start(server.pid());
+    let sat = saturate(server, pki, connections, phase).await?;
+    let rss_load = sampler.stop().await;
+    let cpu = cpu_seconds(server.pid())? - cpu_before;
+    let cpu_per_review_us = cpu * 1e6 / sat.latencies.len().max(1) as f64;
+    let in_server = server.mean_review_us().await?;
+    let half_rate = sat.rate() / 2.0;
+    let buckets_before = server.histogram().await?;
+    let half = paced(server, pki, connections, half_rate, phase).await?;
+    let server_p99 = quantile_upper_bound(&buckets_before, &server.histogram().await?, 0.99);
+    Ok(Measured {
+        sat,
+        half,
+        half_rate,
+        rss_load,
+        cpu_per_review_us,
+        in_server,
+        server_p99,
+    })
+}
+
 /// What `images.resolve` costs a review once the cache holds the images: the
 /// same review (its two images moved to a loopback registry, both `USER
 /// 65532`) against a server with lookups off and one with lookups on, in
@@ -234,16 +271,15 @@ async fn resolve_phase(settings: &Settings, pki: &Pki, phase: Duration) -> anyho
             // Warm-up: connections, TLS sessions, and with lookups on the
             // first (cold) lookup of each image.
             saturate(&server, pki, settings.connections, Duration::from_secs(2)).await?;
-            let cpu_before = cpu_seconds(server.pid())?;
-            let mut sat = saturate(&server, pki, settings.connections, phase).await?;
-            let cpu = cpu_seconds(server.pid())? - cpu_before;
-            let cpu_per_review_us = cpu * 1e6 / sat.latencies.len().max(1) as f64;
-            let in_server = server.mean_review_us().await?;
-            let half_rate = sat.rate() / 2.0;
-            let buckets_before = server.histogram().await?;
-            let mut half = paced(&server, pki, settings.connections, half_rate, phase).await?;
-            let server_p99 =
-                quantile_upper_bound(&buckets_before, &server.histogram().await?, 0.99);
+            let Measured {
+                mut sat,
+                mut half,
+                half_rate,
+                cpu_per_review_us,
+                in_server,
+                server_p99,
+                ..
+            } = measure(&server, pki, settings.connections, phase).await?;
             let answers: Vec<String> = http_get(server.health, "/metrics")
                 .await?
                 .lines()
