@@ -275,10 +275,10 @@ async fn resolve_phase(settings: &Settings, pki: &Pki, phase: Duration) -> anyho
                 mut sat,
                 mut half,
                 half_rate,
+                rss_load,
                 cpu_per_review_us,
                 in_server,
                 server_p99,
-                ..
             } = measure(&server, pki, settings.connections, phase).await?;
             let answers: Vec<String> = http_get(server.health, "/metrics")
                 .await?
@@ -295,7 +295,8 @@ async fn resolve_phase(settings: &Settings, pki: &Pki, phase: Duration) -> anyho
                 "{label} (round {round}, workers=2): server CPU {cpu_per_review_us:.1} µs per review, \
                  {in_server:.1} µs mean in the handler | saturation {:.0} reviews/s (p50 {:.2} ms, \
                  p99 {:.2} ms, {} errors) | at {half_rate:.0}/s: p50 {:.3} ms, p99 {:.3} ms from send, \
-                 handler p99 ≤ {server_p99} ({} errors) | image answers {answers:?} | SIGTERM exit: {exit}",
+                 handler p99 ≤ {server_p99} ({} errors) | RSS under load {:.1} MiB | image answers {answers:?} | \
+                 SIGTERM exit: {exit}",
                 sat.rate(),
                 sat.percentile(0.50),
                 sat.percentile(0.99),
@@ -303,6 +304,7 @@ async fn resolve_phase(settings: &Settings, pki: &Pki, phase: Duration) -> anyho
                 half.percentile(0.50),
                 half.percentile(0.99),
                 half.errors,
+                kib_to_mib(rss_load),
             );
         }
     }
