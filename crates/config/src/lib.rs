@@ -64,7 +64,25 @@ pub struct ImagesConfig {
     pub credentials_file: Option<PathBuf>,
     /// Extra PEM CA certificates trusted for registries (besides the system's).
     pub ca_file: Option<PathBuf>,
+    /// Hosts other than the registry's own that a lookup follows a redirect
+    /// to (over https): host names, or `*.` and a domain.
+    pub redirect_hosts: Vec<String>,
 }
+
+/// Where public registries send their blobs (and, for registry.k8s.io, its
+/// manifests too): storage and CDN hosts, none of them inside a cluster.
+pub const DEFAULT_REDIRECT_HOSTS: [&str; 5] = [
+    // Docker Hub's blob CDN.
+    "production.cloudflare.docker.com",
+    // GitHub's container registry's blob storage.
+    "pkg-containers.githubusercontent.com",
+    // Quay's CDN hosts (cdn01.quay.io, …).
+    "*.quay.io",
+    // Artifact Registry, where registry.k8s.io sends manifests and blobs.
+    "*.pkg.dev",
+    // S3, behind ECR and registry.k8s.io's blob mirrors.
+    "*.amazonaws.com",
+];
 
 impl Default for ImagesConfig {
     fn default() -> Self {
@@ -86,6 +104,10 @@ impl Default for ImagesConfig {
             max_layers: 16,
             credentials_file: None,
             ca_file: None,
+            redirect_hosts: DEFAULT_REDIRECT_HOSTS
+                .iter()
+                .map(|host| (*host).to_owned())
+                .collect(),
         }
     }
 }

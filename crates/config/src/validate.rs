@@ -155,12 +155,61 @@ fn validate_images(images: &crate::ImagesConfig, problems: &mut Problems) {
             ));
         }
     }
+    if images.redirect_hosts.len() > MAX_REDIRECT_HOSTS {
+        problems.push((
+            "images.redirect_hosts".to_owned(),
+            format!(
+                "at most {MAX_REDIRECT_HOSTS} hosts, got {}",
+                images.redirect_hosts.len()
+            ),
+        ));
+    }
+    for (index, host) in images.redirect_hosts.iter().enumerate() {
+        if let Err(why) = redirect_host(host) {
+            problems.push((format!("images.redirect_hosts[{index}]"), why));
+        }
+    }
     if images.lookup_timeout_ms < images.budget_ms {
         problems.push((
             "images.lookup_timeout_ms".to_owned(),
             "must be at least images.budget_ms".to_owned(),
         ));
     }
+}
+
+/// The most entries in `images.redirect_hosts`.
+const MAX_REDIRECT_HOSTS: usize = 64;
+
+/// A lower-case host name, or `*.` and one with at least two labels (`*.com`
+/// would allow half the internet).
+fn redirect_host(pattern: &str) -> Result<(), String> {
+    let (host, wildcard) = match pattern.strip_prefix("*.") {
+        Some(domain) => (domain, true),
+        None => (pattern, false),
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    let well_formed = !host.is_empty()
+        && host.len() <= 253
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !well_formed {
+        return Err(format!(
+            "`{pattern}` is not a lower-case host name or `*.` and a domain (no scheme, port or path)"
+        ));
+    }
+    if wildcard && labels.len() < 2 {
+        return Err(format!(
+            "`{pattern}`: a wildcard needs a domain of at least two labels"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_server(server: &ServerConfig, problems: &mut Problems) {

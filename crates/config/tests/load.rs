@@ -408,6 +408,59 @@ fn excluded_namespaces_must_be_names() {
 }
 
 #[test]
+fn redirect_hosts_must_be_host_names_or_domain_wildcards() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "kh.toml",
+            "[images]\nredirect_hosts = [\"blobs.example.com\", \"*.cdn.example\", \"10.0.0.7\", \
+             \"*.com\", \"https://x.example\", \"Upper.example\", \"x.example:443\", \"\", \
+             \"*\", \"a..b\", \"-a.example\"]\n",
+        )?;
+        let error = load_err(Some("kh.toml"));
+        let keys: Vec<&str> = error.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            (3..=10)
+                .map(|i| format!("images.redirect_hosts[{i}]"))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("`*.com`: a wildcard needs a domain of at least two labels"),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("`x.example:443` is not a lower-case host name"),
+            "{error}"
+        );
+        jail.create_file(
+            "many.toml",
+            &format!(
+                "[images]\nredirect_hosts = [{}]\n",
+                vec!["\"a.example\""; 65].join(", ")
+            ),
+        )?;
+        let error = load_err(Some("many.toml"));
+        assert!(
+            error.to_string().contains("at most 64 hosts, got 65"),
+            "{error}"
+        );
+        // The embedded default passes (default_is_valid) and lists public storage hosts.
+        let config = load(None).map_err(|e| e.to_string())?;
+        assert!(
+            config
+                .images
+                .redirect_hosts
+                .contains(&"production.cloudflare.docker.com".to_owned())
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn missing_file_is_an_error_naming_it() {
     Jail::expect_with(|_| {
         let error = load_err(Some("does-not-exist.toml"));

@@ -8,7 +8,9 @@
 //! wait has a deadline, and every failure becomes
 //! [`ImageUser::Unknown`](kube_hardener_engine::ImageUser) with a reason.
 
+mod bounded;
 mod credentials;
+mod distribution;
 mod layers;
 mod resolver;
 mod user;

@@ -1,21 +1,19 @@
 //! Looking images up in their registries, with caches, one lookup per image
 //! at a time, a time budget per review and bounds on everything read.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kube_hardener_engine::{ImageFacts, ImageUser};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
+use oci_client::manifest::{OciImageManifest, OciManifest};
 use tokio::sync::Semaphore;
 
+use crate::bounded::Bounded;
 use crate::credentials::{Credentials, read_bounded};
+use crate::distribution::{Distribution, Settings};
 use crate::layers::{PasswdInLayer, find_passwd, is_gzip};
 use crate::user::{ConfigUser, clip, merge_platforms, parse_config_user, resolve_name};
 
@@ -38,6 +36,8 @@ pub struct ResolverConfig {
     pub max_unpacked_bytes: u64,
     pub max_layers: usize,
     pub credentials: Credentials,
+    /// Hosts (or `*.domain`) a blob may be redirected to, over https.
+    pub redirect_hosts: Vec<String>,
     /// Extra trusted CA certificates (PEM).
     pub extra_roots_pem: Vec<Vec<u8>>,
     /// Registries spoken to over plain HTTP (tests only; never by default).
@@ -118,7 +118,7 @@ pub struct Resolver {
 }
 
 struct Inner {
-    client: Client,
+    registry: Distribution,
     config: ResolverConfig,
     /// (image, arch) → what it runs as, the digest it was, and until when.
     images: Mutex<Bounded<Key, ImageEntry>>,
@@ -143,6 +143,8 @@ pub enum ResolverError {
     CaFile { path: String, reason: String },
     #[error("images.credentials_file: {0}")]
     Credentials(#[from] crate::CredentialsError),
+    #[error("images.ca_file: {0}")]
+    Client(String),
 }
 
 /// The largest CA file read.
@@ -187,6 +189,7 @@ impl ResolverConfig {
             max_unpacked_bytes: images.max_unpacked_bytes,
             max_layers: images.max_layers,
             credentials,
+            redirect_hosts: images.redirect_hosts.clone(),
             extra_roots_pem,
             plain_http: Vec::new(),
         }
@@ -197,33 +200,19 @@ impl Resolver {
     pub fn new(config: ResolverConfig, observer: Arc<dyn Observer>) -> Result<Self, ResolverError> {
         // reqwest's rustls needs a process-wide provider; the server uses ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let protocol = if config.plain_http.is_empty() {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::HttpsExcept(config.plain_http.clone())
-        };
-        let extra_root_certificates = config
-            .extra_roots_pem
-            .iter()
-            .map(|pem| Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem.clone(),
-            })
-            .collect();
-        let client = Client::new(ClientConfig {
-            protocol,
-            extra_root_certificates,
-            // Each platform is looked at explicitly (see `lookup_index`).
-            platform_resolver: None,
-            connect_timeout: Some(config.lookup_timeout.min(Duration::from_secs(10))),
-            read_timeout: Some(config.lookup_timeout),
-            max_concurrent_download: 1,
-            ..ClientConfig::default()
-        });
+        let registry = Distribution::new(&Settings {
+            roots_pem: &config.extra_roots_pem,
+            connect_timeout: config.lookup_timeout.min(Duration::from_secs(10)),
+            read_timeout: config.lookup_timeout,
+            plain_http: &config.plain_http,
+            redirect_hosts: &config.redirect_hosts,
+            credentials: &config.credentials,
+        })
+        .map_err(ResolverError::Client)?;
         let entries = config.cache_entries.max(1);
         Ok(Resolver {
             inner: Arc::new(Inner {
-                client,
+                registry,
                 images: Mutex::new(Bounded::new(entries)),
                 digests: Mutex::new(Bounded::new(entries)),
                 pending: Mutex::new(HashMap::new()),
@@ -382,26 +371,21 @@ impl Resolver {
         let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
             format!("not an image reference: {}", clip(&e.to_string()))
         })?;
-        let auth = self.auth_for(&reference);
-        let client = &self.inner.client;
+        let registry = &self.inner.registry;
+        let max_manifest = self.inner.config.max_config_bytes;
         // A tag whose digest's user is known needs only the digest.
         let known_digest = match reference.digest() {
             Some(digest) => Some(digest.to_owned()),
-            None => client.fetch_manifest_digest(&reference, &auth).await.ok(),
+            None => registry.tag_digest(&reference).await.ok(),
         };
         if let Some(digest) = &known_digest
             && let Some(user) = self.digest_user(digest, arch)
         {
             return Ok((user, known_digest));
         }
-        let (manifest, digest) = client
-            .pull_manifest(&reference, &auth)
-            .await
-            .map_err(|e| registry_error("manifest", &e))?;
+        let (manifest, digest) = registry.manifest(&reference, max_manifest).await?;
         let user = match manifest {
-            OciManifest::Image(manifest) => {
-                self.lookup_manifest(&reference, &auth, &manifest).await?
-            }
+            OciManifest::Image(manifest) => self.lookup_manifest(&reference, &manifest).await?,
             OciManifest::ImageIndex(index) => {
                 let mut platforms = Vec::new();
                 for entry in index.manifests.iter() {
@@ -433,9 +417,9 @@ impl Resolver {
                         reference.repository().to_owned(),
                         digest,
                     );
-                    let user = match client.pull_manifest(&platform_ref, &auth).await {
+                    let user = match registry.manifest(&platform_ref, max_manifest).await {
                         Ok((OciManifest::Image(manifest), _)) => {
-                            match self.lookup_manifest(&platform_ref, &auth, &manifest).await {
+                            match self.lookup_manifest(&platform_ref, &manifest).await {
                                 Ok(user) => user,
                                 Err(why) => ImageUser::Unknown { why },
                             }
@@ -443,8 +427,8 @@ impl Resolver {
                         Ok((OciManifest::ImageIndex(_), _)) => ImageUser::Unknown {
                             why: "an image index inside an image index".to_owned(),
                         },
-                        Err(e) => ImageUser::Unknown {
-                            why: registry_error("platform manifest", &e),
+                        Err(why) => ImageUser::Unknown {
+                            why: format!("platform {why}"),
                         },
                     };
                     users.push((format!("linux/{architecture}"), user));
@@ -465,10 +449,11 @@ impl Resolver {
     async fn lookup_manifest(
         &self,
         reference: &Reference,
-        auth: &RegistryAuth,
         manifest: &OciImageManifest,
     ) -> Result<ImageUser, String> {
         let config = self
+            .inner
+            .registry
             .blob(
                 reference,
                 &manifest.config,
@@ -482,7 +467,7 @@ impl Resolver {
             ConfigUser::Root(why) => Ok(ImageUser::Root { why }),
             ConfigUser::Invalid(why) => Err(why),
             ConfigUser::Name(name) => {
-                let passwd = self.passwd(reference, auth, manifest).await?;
+                let passwd = self.passwd(reference, manifest).await?;
                 Ok(resolve_name(&name, passwd.as_deref()))
             }
         }
@@ -492,7 +477,6 @@ impl Resolver {
     async fn passwd(
         &self,
         reference: &Reference,
-        _auth: &RegistryAuth,
         manifest: &OciImageManifest,
     ) -> Result<Option<String>, String> {
         let limits = &self.inner.config;
@@ -517,6 +501,8 @@ impl Resolver {
                 ));
             }
             let bytes = self
+                .inner
+                .registry
                 .blob(reference, layer, limits.max_layer_bytes, "layer")
                 .await?;
             match find_passwd(&bytes, &layer.media_type, limits.max_unpacked_bytes) {
@@ -527,53 +513,6 @@ impl Resolver {
             }
         }
         Ok(None)
-    }
-
-    /// Downloads a blob, refusing one that claims or turns out to be larger
-    /// than `max` bytes (the registry's claim is checked before any download).
-    async fn blob(
-        &self,
-        reference: &Reference,
-        descriptor: &OciDescriptor,
-        max: u64,
-        what: &str,
-    ) -> Result<Vec<u8>, String> {
-        let too_large = || format!("the image's {what} is larger than {max} bytes");
-        if u64::try_from(descriptor.size).map_or(true, |size| size > max) {
-            return Err(too_large());
-        }
-        let sized = self
-            .inner
-            .client
-            .pull_blob_stream(reference, descriptor)
-            .await
-            .map_err(|e| registry_error(what, &e))?;
-        if sized.content_length.is_some_and(|length| length > max) {
-            return Err(too_large());
-        }
-        let mut stream = sized.stream;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| format!("reading the image's {what}: {}", clip(&e.to_string())))?;
-            if bytes.len() as u64 + chunk.len() as u64 > max {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
-    }
-
-    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
-        match self
-            .inner
-            .config
-            .credentials
-            .for_registry(reference.resolve_registry())
-        {
-            Some((user, password)) => RegistryAuth::Basic(user.to_owned(), password.to_owned()),
-            None => RegistryAuth::Anonymous,
-        }
     }
 }
 
@@ -602,85 +541,9 @@ fn image_config_user(blob: &[u8]) -> Result<String, String> {
     Ok(parsed.config.and_then(|c| c.user).unwrap_or_default())
 }
 
-/// A short reason for a registry error: its kind, never credentials, and
-/// no URL (the warning names the image already).
-fn registry_error(what: &str, error: &oci_client::errors::OciDistributionError) -> String {
-    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
-    let kind = match error {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            "access refused (401/403)".to_owned()
-        }
-        E::ImageManifestNotFoundError(_) => "not found (404)".to_owned(),
-        E::RegistryError { envelope, .. } => match envelope.errors.first().map(|e| &e.code) {
-            Some(C::ManifestUnknown | C::NameUnknown | C::BlobUnknown | C::NotFound) => {
-                "not found (404)".to_owned()
-            }
-            Some(C::Unauthorized | C::Denied) => "access refused (401/403)".to_owned(),
-            Some(C::Toomanyrequests) => "rate limited (429)".to_owned(),
-            Some(code) => format!("registry error {}", clip(&format!("{code:?}"))),
-            None => "registry error".to_owned(),
-        },
-        E::ServerError { code, .. } => format!("registry answered HTTP {code}"),
-        E::RequestError(e) if e.is_timeout() => "timed out".to_owned(),
-        E::RequestError(e) if e.is_connect() => "cannot connect".to_owned(),
-        E::RequestError(_) => "request failed".to_owned(),
-        other => clip(&other.to_string()),
-    };
-    format!("{what}: {kind}")
-}
-
-/// A map that keeps at most `capacity` entries, dropping the oldest.
-#[derive(Debug)]
-struct Bounded<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-    capacity: usize,
-}
-
-impl<K: Eq + Hash + Clone, V> Bounded<K, V> {
-    fn new(capacity: usize) -> Self {
-        Bounded {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key)
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        if self.map.insert(key.clone(), value).is_none() {
-            self.order.push_back(key);
-            while self.map.len() > self.capacity {
-                match self.order.pop_front() {
-                    Some(oldest) => {
-                        self.map.remove(&oldest);
-                    }
-                    None => break,
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bounded_maps_drop_the_oldest() {
-        let mut map = Bounded::new(2);
-        map.insert(1, "a");
-        map.insert(2, "b");
-        map.insert(1, "a2");
-        map.insert(3, "c");
-        assert_eq!(map.get(&1), None);
-        assert_eq!(map.get(&2), Some(&"b"));
-        assert_eq!(map.get(&3), Some(&"c"));
-        assert_eq!(map.map.len(), 2);
-    }
 
     #[test]
     fn config_users_from_blobs() {

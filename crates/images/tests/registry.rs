@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use kube_hardener_engine::ImageUser;
 use kube_hardener_images::{Credentials, Observer, Resolver, ResolverConfig, Source};
 use kube_hardener_testkit::registry::{
-    PASSWD, Registry, SilentRegistry, TestImage, layer, sha256_digest,
+    Body, PASSWD, Registry, Reply, ScriptedRegistry, SilentRegistry, TestImage, layer,
+    sha256_digest,
 };
 use serde_json::json;
 
@@ -298,4 +299,262 @@ async fn a_silent_registry_costs_one_budget_and_one_lookup() {
         started.elapsed()
     );
     assert!(matches!(&facts[&image], ImageUser::Unknown { .. }));
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn manifest_json(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
+    json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config.0, "size": config.1},
+        "layers": layers.iter().map(|(digest, size)| json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Registries that redirect, stream endless manifests, lie about digests or
+/// run a token service: every answer is a clear unknown or the right user,
+/// and nothing is read past its bound or requested off the registry unless
+/// `images.redirect_hosts` lists the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_bodies_digests_and_tokens_are_bounded_and_checked() {
+    let registry = Registry::anonymous().unwrap();
+    // The blobs of a `USER app` image with /etc/passwd, in the real registry.
+    let passwd_layer = layer(&[("etc/passwd", PASSWD)]);
+    let layer_digest = registry
+        .push_blob("kh/app", passwd_layer.clone())
+        .await
+        .unwrap();
+    let named_config = TestImage::new(Some("app"), &[]).config_json().into_bytes();
+    let named_digest = registry
+        .push_blob("kh/app", named_config.clone())
+        .await
+        .unwrap();
+    let named = manifest_json(
+        (&named_digest, named_config.len()),
+        &[(&layer_digest, passwd_layer.len())],
+    );
+    registry
+        .push_raw_manifest("kh/app:1", &serde_json::from_slice(&named).unwrap())
+        .await
+        .unwrap();
+    let uid_config = TestImage::new(Some("65532"), &[])
+        .config_json()
+        .into_bytes();
+    let uid_digest = sha256_digest(&uid_config);
+    let uid_manifest = manifest_json((&uid_digest, uid_config.len()), &[]);
+    let real = registry.host.clone();
+
+    let front = ScriptedRegistry::start({
+        let (named, uid_manifest, uid_config, uid_digest) = (
+            named.clone(),
+            uid_manifest.clone(),
+            uid_config.clone(),
+            uid_digest.clone(),
+        );
+        let real = real.clone();
+        move |request| {
+            let target = request.target.as_str();
+            let bearer = request.authorization.as_deref() == Some("Bearer good-token");
+            let challenge = |realm: &str| {
+                Reply::new(
+                    401,
+                    &[(
+                        "www-authenticate",
+                        &format!(r#"Bearer realm="{realm}",service="scripted""#),
+                    )],
+                    Body::Bytes(Vec::new()),
+                )
+            };
+            if let Some(blob) = target.strip_prefix("/v2/kh/redirected/blobs/") {
+                return Reply::redirect(&format!("https://{real}/v2/kh/app/blobs/{blob}"));
+            }
+            if target.starts_with("/v2/kh/token/") || target.starts_with("/v2/kh/token-open/") {
+                // The token flow for real: a challenge, then the token's answer.
+                return if !bearer {
+                    challenge(&format!("http://{}/token", request.host))
+                } else if target.contains("/manifests/") {
+                    Reply::json(200, OCI_MANIFEST, &uid_manifest)
+                } else {
+                    Reply::json(200, "application/octet-stream", &uid_config)
+                };
+            }
+            match target {
+                "/v2/kh/redirected/manifests/1" => Reply::json(200, OCI_MANIFEST, &named),
+                "/v2/kh/moved/manifests/1" => {
+                    Reply::redirect(&format!("https://{real}/v2/kh/app/manifests/1"))
+                }
+                "/v2/kh/huge/manifests/1" => Reply::new(200, &[], Body::Claimed(1 << 40)),
+                "/v2/kh/endless/manifests/1" => Reply::new(200, &[], Body::Endless(256 << 20)),
+                "/v2/kh/lying/manifests/1" => Reply::new(
+                    200,
+                    &[
+                        ("docker-content-digest", &uid_digest),
+                        ("content-type", OCI_MANIFEST),
+                    ],
+                    Body::Bytes(named.clone()),
+                ),
+                "/v2/kh/escaping/manifests/1" => Reply::json(
+                    200,
+                    OCI_MANIFEST,
+                    &manifest_json(("sha256:../../../v2/_catalog", 2), &[]),
+                ),
+                "/v2/kh/bad-realm/manifests/1" => challenge("ftp://127.0.0.1/token"),
+                _ if target.starts_with("/token?") => {
+                    // Basic robot:s3cret.
+                    if request.authorization.as_deref() == Some("Basic cm9ib3Q6czNjcmV0")
+                        || target.contains("kh%2Ftoken-open")
+                    {
+                        Reply::json(
+                            200,
+                            "application/json",
+                            br#"{"token": "good-token", "expires_in": 300}"#,
+                        )
+                    } else {
+                        Reply::new(401, &[], Body::Bytes(Vec::new()))
+                    }
+                }
+                _ => Reply::new(404, &[], Body::Bytes(Vec::new())),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let host = front.host.clone();
+    let credentials = Credentials::from_json(
+        json!({"auths": {host.clone(): {"username": "robot", "password": "s3cret"}}})
+            .to_string()
+            .as_bytes(),
+        "test",
+    )
+    .unwrap();
+    let resolver = |redirect_hosts: &[&str], credentials: Credentials| {
+        Resolver::new(
+            ResolverConfig {
+                budget: Duration::from_secs(5),
+                lookup_timeout: Duration::from_secs(10),
+                extra_roots_pem: vec![registry.ca_pem.as_bytes().to_vec()],
+                plain_http: vec![host.clone()],
+                redirect_hosts: redirect_hosts.iter().map(|h| (*h).to_owned()).collect(),
+                credentials,
+                ..ResolverConfig::default()
+            },
+            Arc::new(Counting::default()),
+        )
+        .unwrap()
+    };
+    let strict = resolver(&[], credentials.clone());
+    let listed = resolver(&["127.0.0.1"], credentials.clone());
+    let anonymous = resolver(&[], Credentials::default());
+    let image = |name: &str| format!("{host}/kh/{name}");
+    let unknown = |user: ImageUser, expected: &str| match user {
+        ImageUser::Unknown { why } => assert!(why.contains(expected), "{why} (wanted {expected})"),
+        other => panic!("{other:?} (wanted unknown: {expected})"),
+    };
+    let started = Instant::now();
+
+    // A blob redirected to another host: followed only to a listed host.
+    let refused = format!("redirected to `{real}`, which is not followed");
+    unknown(one(&strict, &image("redirected:1"), None).await, &refused);
+    assert_eq!(
+        one(&listed, &image("redirected:1"), None).await,
+        ImageUser::Named {
+            name: "app".into(),
+            uid: 10001
+        }
+    );
+    // So is a manifest.
+    unknown(one(&strict, &image("moved:1"), None).await, &refused);
+    assert_eq!(
+        one(&listed, &image("moved:1"), None).await,
+        ImageUser::Named {
+            name: "app".into(),
+            uid: 10001
+        }
+    );
+    // Bodies past images.max_config_bytes, claimed or streamed.
+    let too_large = "the image's manifest is larger than 4194304 bytes";
+    unknown(one(&strict, &image("huge:1"), None).await, too_large);
+    unknown(one(&strict, &image("endless:1"), None).await, too_large);
+    // A manifest whose body is not what the registry says it is.
+    unknown(
+        one(&strict, &image("lying:1"), None).await,
+        "manifest does not match its digest",
+    );
+    // A digest that would walk the URL elsewhere never becomes a request.
+    unknown(
+        one(&strict, &image("escaping:1"), None).await,
+        "is not a sha256 or sha512 digest",
+    );
+    unknown(
+        one(&strict, &image("bad-realm:1"), None).await,
+        "token realm is not https",
+    );
+    // The token flow: credentials get a token, which later lookups reuse.
+    assert_eq!(
+        one(&strict, &image("token:1"), None).await,
+        ImageUser::Uid(65532)
+    );
+    assert_eq!(
+        one(&strict, &image("token:2"), None).await,
+        ImageUser::Uid(65532)
+    );
+    unknown(
+        one(&anonymous, &image("token:1"), None).await,
+        "token: access refused (401/403)",
+    );
+    // Anonymous pull tokens work out of the box.
+    assert_eq!(
+        one(&anonymous, &image("token-open:1"), None).await,
+        ImageUser::Uid(65532)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let seen = front.targets();
+    assert!(
+        !seen
+            .iter()
+            .any(|t| t.contains("..") || t.contains("_catalog")),
+        "{seen:?}"
+    );
+    let tokens: Vec<_> = front
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.target.starts_with("/token?"))
+        .map(|r| (r.target.clone(), r.authorization.is_some()))
+        .collect();
+    assert_eq!(
+        tokens,
+        vec![
+            (
+                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
+                true
+            ),
+            // Refused: asked again by the manifest's GET after the tag's HEAD.
+            (
+                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
+                false
+            ),
+            (
+                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
+                false
+            ),
+            (
+                "/token?service=scripted&scope=repository%3Akh%2Ftoken-open%3Apull".to_owned(),
+                false
+            ),
+        ],
+        "one token per resolver and repository while it lasts, with the credentials only when configured"
+    );
 }

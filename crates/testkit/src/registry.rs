@@ -54,6 +54,192 @@ impl Drop for SilentRegistry {
     }
 }
 
+/// A request as a [`ScriptedRegistry`] saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// The path and query.
+    pub target: String,
+    /// The `Host` header.
+    pub host: String,
+    pub authorization: Option<String>,
+}
+
+/// What a [`ScriptedRegistry`] sends back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+/// The body of a [`Reply`].
+#[derive(Debug, Clone)]
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// `Content-Length` claims this many bytes; none are sent.
+    Claimed(u64),
+    /// No `Content-Length`: zeros until the client hangs up, at most this many.
+    Endless(u64),
+}
+
+impl Reply {
+    pub fn new(status: u16, headers: &[(&str, &str)], body: Body) -> Self {
+        Reply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            body,
+        }
+    }
+
+    pub fn json(status: u16, media_type: &str, body: &[u8]) -> Self {
+        Self::new(
+            status,
+            &[("content-type", media_type)],
+            Body::Bytes(body.to_vec()),
+        )
+    }
+
+    /// A `307` to `location`.
+    pub fn redirect(location: &str) -> Self {
+        Self::new(307, &[("location", location)], Body::Bytes(Vec::new()))
+    }
+}
+
+type Route = dyn Fn(&Request) -> Reply + Send + Sync;
+
+/// A plain-HTTP "registry" on loopback that answers each request with what
+/// its route says: for what real registries do rarely or hostile ones do on
+/// purpose (redirects, endless bodies, token services). One request per
+/// connection; every read and write is bounded in size and time.
+#[derive(Debug)]
+pub struct ScriptedRegistry {
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    /// Every request seen, in order.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedRegistry {
+    /// Starts it on the current tokio runtime.
+    pub async fn start(
+        route: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("binding a loopback port: {e}"))?;
+        let host = listener
+            .local_addr()
+            .map_err(|e| format!("the scripted registry's address: {e}"))?
+            .to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let route: std::sync::Arc<Route> = std::sync::Arc::new(route);
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (route, log) = (route.clone(), log.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        serve_one(socket, &*route, &log),
+                    )
+                    .await;
+                });
+            }
+        });
+        Ok(ScriptedRegistry { host, seen, task })
+    }
+
+    /// The targets requested so far.
+    pub fn targets(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|seen| {
+                seen.iter()
+                    .map(|r| format!("{} {}", r.method, r.target))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ScriptedRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_one(
+    mut socket: tokio::net::TcpStream,
+    route: &Route,
+    log: &std::sync::Mutex<Vec<Request>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = socket.read(&mut buffer).await?;
+        if read == 0 || head.len() > 64 * 1024 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buffer[..read]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let (method, target) = (first.next(), first.next());
+    let headers: Vec<(&str, &str)> = lines.filter_map(|line| line.split_once(':')).collect();
+    let header = |wanted: &str| {
+        headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+            .map(|(_, value)| value.trim().to_owned())
+    };
+    let request = Request {
+        method: method.unwrap_or_default().to_owned(),
+        target: target.unwrap_or_default().to_owned(),
+        host: header("host").unwrap_or_default(),
+        authorization: header("authorization"),
+    };
+    let reply = route(&request);
+    if let Ok(mut log) = log.lock() {
+        log.push(request.clone());
+    }
+    let mut out = format!(
+        "HTTP/1.1 {} Scripted\r\nconnection: close\r\n",
+        reply.status
+    );
+    for (name, value) in &reply.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    match &reply.body {
+        Body::Bytes(bytes) => out.push_str(&format!("content-length: {}\r\n", bytes.len())),
+        Body::Claimed(length) => out.push_str(&format!("content-length: {length}\r\n")),
+        Body::Endless(_) => {}
+    }
+    out.push_str("\r\n");
+    socket.write_all(out.as_bytes()).await?;
+    if request.method != "HEAD" {
+        match &reply.body {
+            Body::Bytes(bytes) => socket.write_all(bytes).await?,
+            Body::Claimed(_) => {}
+            Body::Endless(limit) => {
+                let chunk = vec![b' '; 64 * 1024];
+                let mut sent = 0u64;
+                while sent < *limit {
+                    socket.write_all(&chunk).await?;
+                    sent += chunk.len() as u64;
+                }
+            }
+        }
+    }
+    socket.shutdown().await
+}
+
 /// The registry binary: `KUBE_HARDENER_REGISTRY_BIN`, else Debian's.
 fn registry_bin() -> PathBuf {
     std::env::var_os("KUBE_HARDENER_REGISTRY_BIN")
