@@ -119,6 +119,29 @@ pub struct LocalWebhook {
 }
 
 impl LocalWebhook {
+    /// The value of one series (`name{labels}` exactly as exported) in a
+    /// `/metrics` text; 0 when absent.
+    pub fn metric(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The text of its `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.health_port);
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(url)
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// Starts the server and waits until `/readyz` answers 200 (namespace watch synced).
     pub async fn start(options: ServerOptions) -> Result<Self> {
         let mut server = Self::spawn(options)?;

@@ -418,6 +418,28 @@ fn image_lookups_must_fit_in_the_webhook_timeout() -> Result<()> {
 }
 
 #[test]
+fn only_the_image_warm_up_lets_kube_hardener_list_pods() -> Result<()> {
+    let rules = |sets: &[&str]| -> Result<Value> {
+        let rendered = run(&mut template_with(sets))?;
+        let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+        Ok(find(&docs, "ClusterRole", FULLNAME)?["rules"].clone())
+    };
+    let namespaces =
+        json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]});
+    let pods = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]});
+    let resolve = ["images.resolve=true", "webhook.timeoutSeconds=5"];
+    assert_eq!(rules(&[])?, json!([namespaces]));
+    assert_eq!(rules(&resolve)?, json!([namespaces]));
+    // Without lookups the warm-up has nothing to do, and gets no permission.
+    assert_eq!(rules(&["images.warm_up_pods=500"])?, json!([namespaces]));
+    assert_eq!(
+        rules(&[resolve[0], resolve[1], "images.warm_up_pods=500"])?,
+        json!([namespaces, pods])
+    );
+    Ok(())
+}
+
+#[test]
 fn a_misspelt_or_mistyped_value_fails_naming_it() -> Result<()> {
     for (set, named) in [
         ("hardening.run_as_usr=1000", "run_as_usr"),

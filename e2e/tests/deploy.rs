@@ -216,6 +216,26 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
             assert_eq!(container["image"], "kube-hardener:dev");
             assert_eq!(container["imagePullPolicy"], "Never");
 
+            // components/image-warm-up over the base: list pods, and nothing else changes.
+            let warm = copy.join("overlays/warm-up-check");
+            std::fs::create_dir_all(&warm)?;
+            std::fs::write(
+                warm.join("kustomization.yaml"),
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+                 resources: [../../base]\ncomponents: [../../components/image-warm-up]\n",
+            )?;
+            let stdout = dry_run_apply(&["-k"], &warm)?;
+            assert_applied(&stdout, &BASE_OBJECTS);
+            let rendered = run(kubectl().arg("kustomize").arg(&warm))?;
+            let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+            assert_eq!(
+                find(&docs, "ClusterRole", "kube-hardener")?["rules"],
+                serde_json::json!([
+                    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                ])
+            );
+
             let crds = install_crds(&CERT_MANAGER_CRDS)?;
             let checked = check_cert_manager_overlay(&deploy);
             remove_crds(&crds)?;
@@ -241,6 +261,7 @@ fn every_yaml_file_under_deploy_is_part_of_a_kustomization() -> Result<()> {
         "overlays/cert-manager",
         "overlays/self-signed",
         "overlays/local-image",
+        "components/image-warm-up",
     ] {
         let dir = deploy.join(dir);
         let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))?;

@@ -84,25 +84,6 @@ fn review(uid: &str, namespace: &str) -> Value {
     kube_hardener_testkit::pod_create_review(uid, namespace, plain_pod("fake"))
 }
 
-async fn metrics(server: &LocalWebhook) -> Result<String> {
-    let url = format!("http://127.0.0.1:{}/metrics", server.health_port);
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .build()?
-        .get(url)
-        .send()
-        .await?
-        .text()
-        .await?)
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_admits_the_api_server_and_refuses_other_callers() -> Result<()> {
     let client_ca = std::env::var(CLIENT_CA_ENV).with_context(|| {
@@ -153,9 +134,9 @@ async fn mutual_tls_admits_the_api_server_and_refuses_other_callers() -> Result<
         impostor.is_err(),
         "a certificate of an unknown CA with the right name: {impostor:?}"
     );
-    let text = metrics(&server).await?;
+    let text = server.metrics().await?;
     assert!(
-        metric(
+        LocalWebhook::metric(
             &text,
             "kube_hardener_rejected_requests_total{reason=\"tls\"}"
         ) >= 2.0,
@@ -182,9 +163,9 @@ async fn fake_reviews_for_missing_namespaces_do_not_turn_into_a_flood_of_gets() 
         let answer: Value = response.json().await?;
         assert_eq!(answer["response"]["allowed"], json!(true));
     }
-    let text = metrics(&server).await?;
+    let text = server.metrics().await?;
     assert_eq!(
-        metric(
+        LocalWebhook::metric(
             &text,
             "kube_hardener_namespace_fallback_lookups_total{result=\"not_found\"}"
         ),
@@ -192,7 +173,7 @@ async fn fake_reviews_for_missing_namespaces_do_not_turn_into_a_flood_of_gets() 
         "{text}"
     );
     assert_eq!(
-        metric(
+        LocalWebhook::metric(
             &text,
             "kube_hardener_namespace_fallback_lookups_total{result=\"recently_not_found\"}"
         ),

@@ -99,3 +99,92 @@ async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
     );
     Ok(())
 }
+
+/// `images.warm_up_pods`: a webhook that starts while pods of an image exist
+/// looks that image up before any review asks, so the next pod of it is
+/// answered from the cache (here with the UID from its /etc/passwd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_pods_warm_the_image_cache_at_start() -> Result<()> {
+    let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
+    registry
+        .push(
+            "kh/warm:named",
+            &TestImage::new(Some("app"), &[("etc/passwd", PASSWD)]),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let image = registry.image("kh/warm:named");
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "warm-up", Default::default()).await?;
+    // Created before the webhook exists (and never scheduled: no node).
+    let existing = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "existing"},
+        "spec": {"securityContext": {"runAsNonRoot": true},
+                 "containers": [{"name": "app", "image": image}]}});
+    ns.pods()
+        .create(&PostParams::default(), &pod(existing)?)
+        .await?;
+
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("registry-ca.crt");
+    std::fs::write(&ca, &registry.ca_pem)?;
+    let server = LocalWebhook::start(ServerOptions {
+        config_toml: format!(
+            "[images]\nresolve = true\nca_file = \"{}\"\nbudget_ms = 3000\nwarm_up_pods = 100000\n",
+            ca.display()
+        ),
+        ..ServerOptions::default()
+    })
+    .await?;
+    let looked_up = "kube_hardener_image_lookup_seconds_count{outcome=\"named\"}";
+    kube_hardener_e2e::eventually(
+        "the warm-up to look the existing pod's image up",
+        std::time::Duration::from_secs(30),
+        || async {
+            let text = server.metrics().await.map_err(|e| e.to_string())?;
+            match LocalWebhook::metric(&text, looked_up) {
+                n if n >= 1.0 => Ok(()),
+                _ => Err(format!(
+                    "no named lookup yet; server log:\n{}",
+                    server.log()
+                )),
+            }
+        },
+    )
+    .await?;
+    let _registration =
+        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
+    wait_until_hardening(&ns).await?;
+
+    let from_cache = "kube_hardener_image_answers_total{source=\"cache\",outcome=\"named\"}";
+    let before = server.metrics().await?;
+    let next = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "next"},
+        "spec": {"containers": [{"name": "app", "image": image}]}});
+    let stored = to_json(
+        &ns.pods()
+            .create(&PostParams::default(), &pod(next)?)
+            .await?,
+    )?;
+    let after = server.metrics().await?;
+    assert_eq!(
+        (
+            stored["spec"]["securityContext"]["runAsNonRoot"].clone(),
+            stored["spec"]["containers"][0]["securityContext"]["runAsUser"].clone()
+        ),
+        (json!(true), json!(10001)),
+        "{stored:#}"
+    );
+    assert_eq!(
+        (
+            LocalWebhook::metric(&before, from_cache),
+            LocalWebhook::metric(&after, from_cache)
+        ),
+        (0.0, 1.0),
+        "the next pod's image was answered from the cache"
+    );
+    assert_eq!(
+        LocalWebhook::metric(&after, looked_up),
+        LocalWebhook::metric(&before, looked_up),
+        "and not looked up again"
+    );
+    Ok(())
+}

@@ -67,6 +67,8 @@ pub struct ImagesConfig {
     /// Hosts other than the registry's own that a lookup follows a redirect
     /// to (over https): host names, or `*.` and a domain.
     pub redirect_hosts: Vec<String>,
+    /// At start-up, look up the images of this many existing pods (0: off).
+    pub warm_up_pods: usize,
 }
 
 /// Where public registries send their blobs (and, for registry.k8s.io, its
@@ -108,6 +110,7 @@ impl Default for ImagesConfig {
                 .iter()
                 .map(|host| (*host).to_owned())
                 .collect(),
+            warm_up_pods: 0,
         }
     }
 }

@@ -136,6 +136,7 @@ fn validate_images(images: &crate::ImagesConfig, problems: &mut Problems) {
             64,
         ),
         ("images.max_layers", images.max_layers, 0, 128),
+        ("images.warm_up_pods", images.warm_up_pods, 0, 100_000),
     ] {
         if !(low..=high).contains(&value) {
             problems.push((

@@ -252,6 +252,26 @@ impl Resolver {
         facts
     }
 
+    /// Starts looking `image` up in the background unless a fresh answer is
+    /// cached or a lookup of it is running: for warming the cache before any
+    /// review asks. Returns whether a lookup was started.
+    pub fn prefetch(&self, image: &str, arch: Option<&str>) -> bool {
+        if self.cached(image, arch).is_some() {
+            return false;
+        }
+        let key: Key = (image.to_owned(), arch.map(str::to_owned));
+        let running = self
+            .inner
+            .pending
+            .lock()
+            .map_or(true, |pending| pending.contains_key(&key));
+        if !running {
+            // The lookup runs as its own task; nobody needs to wait for it.
+            drop(self.pending(key));
+        }
+        !running
+    }
+
     /// The cached answer, if fresh.
     pub fn cached(&self, image: &str, arch: Option<&str>) -> Option<ImageUser> {
         let key = (image.to_owned(), arch.map(str::to_owned));

@@ -14,6 +14,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 use crate::namespaces::NamespaceSource;
 use crate::state::State;
 use crate::tls::{CertReloader, TlsError};
+use crate::warm_up::WarmUp;
 use crate::{health, listener};
 
 /// Certificate files are re-read this often; a rotation is served within it.
@@ -58,6 +59,8 @@ pub struct Webhook {
     reloader: tokio::task::JoinHandle<()>,
     shutdown: Arc<tokio::sync::Notify>,
     shutting_down: Arc<AtomicBool>,
+    /// Set when image lookups are on and `images.warm_up_pods` > 0.
+    warm_up: Option<WarmUp>,
 }
 
 #[derive(Debug)]
@@ -107,6 +110,15 @@ impl Webhook {
             )
         } else {
             None
+        };
+        let warm_up = match &images {
+            Some(resolver) if config.images.warm_up_pods > 0 => Some(WarmUp {
+                resolver: resolver.clone(),
+                policy: config.effective_policy(EntryPoint::Webhook),
+                namespaces: namespaces.clone(),
+                max_pods: config.images.warm_up_pods,
+            }),
+            _ => None,
         };
         let state = web::Data::new(State {
             policy: config.effective_policy(EntryPoint::Webhook),
@@ -185,7 +197,16 @@ impl Webhook {
             reloader,
             shutdown: Arc::new(tokio::sync::Notify::new()),
             shutting_down,
+            warm_up,
         })
+    }
+
+    /// Starts warming the image cache from existing pods in the background,
+    /// when configured; reviews are served meanwhile.
+    pub fn warm_up_images(&self, client: kube::Client) {
+        if let Some(warm_up) = self.warm_up.clone() {
+            tokio::spawn(warm_up.run(client));
+        }
     }
 
     /// Bound address of the HTTPS webhook listener.
