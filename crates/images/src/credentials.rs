@@ -104,11 +104,57 @@ impl Credentials {
         Ok(Credentials { by_registry })
     }
 
+    /// The login for `registry`, for one lookup (a pod's pull secret).
+    pub fn login_for(&self, registry: &str) -> Option<Login> {
+        self.for_registry(registry).map(|(user, password)| Login {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// Adds `other`'s registries that this one lacks (the first pull secret
+    /// naming a registry wins, as the order of `imagePullSecrets` says).
+    pub fn merge(&mut self, other: Credentials) {
+        for (registry, pair) in other.by_registry {
+            self.by_registry.entry(registry).or_insert(pair);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_registry.is_empty()
+    }
+
     /// The user name and password for `registry` (a host, with port if any).
     pub fn for_registry(&self, registry: &str) -> Option<(&str, &str)> {
         self.by_registry
             .get(registry)
             .map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+}
+
+/// One registry login taken from a pod's pull secret. Its fingerprint (a
+/// hash keyed per process, never the secret itself) keeps the caches of
+/// different logins apart, so what one login may read is never answered to
+/// a lookup without it, and a refusal without it never hides what it reads.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub(crate) user: String,
+    pub(crate) password: String,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Login(..)")
+    }
+}
+
+impl Login {
+    pub(crate) fn fingerprint(&self) -> u64 {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        KEY.get_or_init(Default::default)
+            .hash_one((&self.user, &self.password))
     }
 }
 

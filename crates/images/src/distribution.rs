@@ -16,7 +16,7 @@ use registry_http::{Method, RequestBuilder, Response, StatusCode, Url, redirect}
 use sha2::Digest as _;
 
 use crate::bounded::Bounded;
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, Login};
 use crate::user::clip;
 
 /// The manifest kinds asked for: OCI and Docker, images and indexes.
@@ -53,13 +53,17 @@ pub(crate) struct Settings<'a> {
     pub credentials: &'a Credentials,
 }
 
-/// A registry client for reading only.
+type AuthKey = (String, String, Option<u64>);
+
+/// A registry client for reading only. Each call takes the login of the
+/// pod's pull secret, if any; without one the configured credentials apply.
 pub(crate) struct Distribution {
     http: registry_http::Client,
     plain_http: Vec<String>,
     credentials: Credentials,
-    /// (registry, repository) → how to authenticate, until when.
-    auth: Mutex<Bounded<(String, String), (Auth, Instant)>>,
+    /// (registry, repository, login) → how to authenticate, until when: a
+    /// token got with a pod's login serves only lookups with that login.
+    auth: Mutex<Bounded<AuthKey, (Auth, Instant)>>,
 }
 
 impl std::fmt::Debug for Distribution {
@@ -110,10 +114,16 @@ impl Distribution {
     }
 
     /// The digest a tag points at, from a HEAD request (no body read).
-    pub(crate) async fn tag_digest(&self, reference: &Reference) -> Result<String, String> {
+    pub(crate) async fn tag_digest(
+        &self,
+        reference: &Reference,
+        login: Option<&Login>,
+    ) -> Result<String, String> {
         let tag = reference.tag().unwrap_or("latest");
         let url = self.url(reference, &format!("manifests/{tag}"));
-        let response = self.send(reference, Method::HEAD, &url, "manifest").await?;
+        let response = self
+            .send(reference, login, Method::HEAD, &url, "manifest")
+            .await?;
         content_digest(&response).ok_or_else(|| "manifest: no digest in the answer".to_owned())
     }
 
@@ -122,6 +132,7 @@ impl Distribution {
     pub(crate) async fn manifest(
         &self,
         reference: &Reference,
+        login: Option<&Login>,
         max: u64,
     ) -> Result<(OciManifest, String), String> {
         let at = match reference.digest() {
@@ -129,7 +140,9 @@ impl Distribution {
             None => reference.tag().unwrap_or("latest"),
         };
         let url = self.url(reference, &format!("manifests/{at}"));
-        let response = self.send(reference, Method::GET, &url, "manifest").await?;
+        let response = self
+            .send(reference, login, Method::GET, &url, "manifest")
+            .await?;
         let claimed = content_digest(&response);
         let body = read_body(response, max, "manifest").await?;
         let digest = match reference.digest() {
@@ -172,6 +185,7 @@ impl Distribution {
     pub(crate) async fn blob(
         &self,
         reference: &Reference,
+        login: Option<&Login>,
         descriptor: &OciDescriptor,
         max: u64,
         what: &str,
@@ -181,7 +195,7 @@ impl Distribution {
         }
         let digest = checked_digest(&descriptor.digest, what)?;
         let url = self.url(reference, &format!("blobs/{digest}"));
-        let response = self.send(reference, Method::GET, &url, what).await?;
+        let response = self.send(reference, login, Method::GET, &url, what).await?;
         let body = read_body(response, max, what).await?;
         verify(&body, digest, what)?;
         Ok(body)
@@ -206,6 +220,7 @@ impl Distribution {
     async fn send(
         &self,
         reference: &Reference,
+        login: Option<&Login>,
         method: Method,
         url: &str,
         what: &str,
@@ -213,17 +228,23 @@ impl Distribution {
         let key = (
             reference.resolve_registry().to_owned(),
             reference.repository().to_owned(),
+            login.map(Login::fingerprint),
         );
         let cached = self.cached_auth(&key);
         let response = self
-            .request(method.clone(), url, cached.as_ref(), &key.0)
+            .request(
+                method.clone(),
+                url,
+                cached.as_ref(),
+                self.login(&key.0, login),
+            )
             .send()
             .await
             .map_err(|e| request_error(what, &e))?;
         let response = if response.status() == StatusCode::UNAUTHORIZED {
-            match self.authenticate(reference, &key, &response).await? {
+            match self.authenticate(reference, login, &key, &response).await? {
                 Some(auth) => self
-                    .request(method, url, Some(&auth), &key.0)
+                    .request(method, url, Some(&auth), self.login(&key.0, login))
                     .send()
                     .await
                     .map_err(|e| request_error(what, &e))?,
@@ -235,34 +256,42 @@ impl Distribution {
         check_status(response, what)
     }
 
+    /// The user and password for `registry`: the pod's login, else the
+    /// configured credentials.
+    fn login<'a>(&'a self, registry: &str, login: Option<&'a Login>) -> Option<(&'a str, &'a str)> {
+        match login {
+            Some(login) => Some((login.user.as_str(), login.password.as_str())),
+            None => self.credentials.for_registry(registry),
+        }
+    }
+
     fn request(
         &self,
         method: Method,
         url: &str,
         auth: Option<&Auth>,
-        registry: &str,
+        login: Option<(&str, &str)>,
     ) -> RequestBuilder {
         let request = self
             .http
             .request(method, url)
             .header(ACCEPT, MANIFEST_TYPES);
-        match auth {
-            Some(Auth::Bearer(token)) => request.header(AUTHORIZATION, format!("Bearer {token}")),
-            Some(Auth::Basic) => match self.credentials.for_registry(registry) {
-                Some((user, password)) => request.basic_auth(user, Some(password)),
-                None => request,
-            },
-            None => request,
+        match (auth, login) {
+            (Some(Auth::Bearer(token)), _) => {
+                request.header(AUTHORIZATION, format!("Bearer {token}"))
+            }
+            (Some(Auth::Basic), Some((user, password))) => request.basic_auth(user, Some(password)),
+            _ => request,
         }
     }
 
-    fn cached_auth(&self, key: &(String, String)) -> Option<Auth> {
+    fn cached_auth(&self, key: &AuthKey) -> Option<Auth> {
         let cache = self.auth.lock().ok()?;
         let (auth, until) = cache.get(key)?;
         (Instant::now() < *until).then(|| auth.clone())
     }
 
-    fn remember(&self, key: &(String, String), auth: Auth, ttl: Duration) {
+    fn remember(&self, key: &AuthKey, auth: Auth, ttl: Duration) {
         if let Ok(mut cache) = self.auth.lock() {
             cache.insert(key.clone(), (auth, Instant::now() + ttl));
         }
@@ -272,7 +301,8 @@ impl Distribution {
     async fn authenticate(
         &self,
         reference: &Reference,
-        key: &(String, String),
+        login: Option<&Login>,
+        key: &AuthKey,
         response: &Response,
     ) -> Result<Option<Auth>, String> {
         let Some(challenge) = response
@@ -285,14 +315,16 @@ impl Distribution {
         };
         match challenge {
             Challenge::Basic => {
-                if self.credentials.for_registry(&key.0).is_none() {
+                if self.login(&key.0, login).is_none() {
                     return Ok(None);
                 }
                 self.remember(key, Auth::Basic, MAX_TOKEN_TTL);
                 Ok(Some(Auth::Basic))
             }
             Challenge::Bearer { realm, service } => {
-                let (token, ttl) = self.token(reference, &realm, service.as_deref()).await?;
+                let (token, ttl) = self
+                    .token(reference, login, &realm, service.as_deref())
+                    .await?;
                 let auth = Auth::Bearer(token);
                 self.remember(key, auth.clone(), ttl);
                 Ok(Some(auth))
@@ -305,6 +337,7 @@ impl Distribution {
     async fn token(
         &self,
         reference: &Reference,
+        login: Option<&Login>,
         realm: &str,
         service: Option<&str>,
     ) -> Result<(String, Duration), String> {
@@ -327,7 +360,7 @@ impl Distribution {
             );
         }
         let mut request = self.http.get(url);
-        if let Some((user, password)) = self.credentials.for_registry(registry) {
+        if let Some((user, password)) = self.login(registry, login) {
             request = request.basic_auth(user, Some(password));
         }
         let response = request

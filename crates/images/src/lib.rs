@@ -15,7 +15,7 @@ mod layers;
 mod resolver;
 mod user;
 
-pub use credentials::{Credentials, CredentialsError};
+pub use credentials::{Credentials, CredentialsError, Login};
 pub use layers::{LayerError, PasswdInLayer, find_passwd};
 pub use resolver::{
     MAX_IMAGES_PER_REVIEW, NoObserver, Observer, Resolver, ResolverConfig, ResolverError, Source,

@@ -12,7 +12,7 @@ use oci_client::manifest::{OciImageManifest, OciManifest};
 use tokio::sync::Semaphore;
 
 use crate::bounded::Bounded;
-use crate::credentials::{Credentials, read_bounded};
+use crate::credentials::{Credentials, Login, read_bounded};
 use crate::distribution::{Distribution, Settings};
 use crate::layers::{PasswdInLayer, find_passwd, is_gzip};
 use crate::user::{ConfigUser, clip, merge_platforms, parse_config_user, resolve_name};
@@ -106,7 +106,28 @@ impl Observer for NoObserver {
     fn looked_up(&self, _: f64, _: &ImageUser) {}
 }
 
-type Key = (String, Option<String>);
+/// One cached answer: the image, the platform, and the fingerprint of the
+/// pod's login, if the lookup used one (answers for different logins never
+/// mix).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    image: String,
+    arch: Option<String>,
+    login: Option<u64>,
+}
+
+impl Key {
+    fn new(image: &str, arch: Option<&str>, login: Option<&Login>) -> Self {
+        Key {
+            image: image.to_owned(),
+            arch: arch.map(str::to_owned),
+            login: login.map(Login::fingerprint),
+        }
+    }
+}
+
+/// A manifest digest and the platform: what a digest's user is kept under.
+type DigestKey = (String, Option<String>);
 /// What an image runs as, the digest it was, and until when that holds.
 type ImageEntry = (ImageUser, Option<String>, Instant);
 type Pending = Shared<BoxFuture<'static, ImageUser>>;
@@ -123,7 +144,7 @@ struct Inner {
     /// (image, arch) → what it runs as, the digest it was, and until when.
     images: Mutex<Bounded<Key, ImageEntry>>,
     /// (manifest digest, arch) → what it runs as; digests never change.
-    digests: Mutex<Bounded<Key, ImageUser>>,
+    digests: Mutex<Bounded<DigestKey, ImageUser>>,
     pending: Mutex<HashMap<Key, Pending>>,
     permits: Semaphore,
     observer: Arc<dyn Observer>,
@@ -228,12 +249,28 @@ impl Resolver {
     /// [`MAX_IMAGES_PER_REVIEW`] and lookups past the budget are unknown;
     /// those lookups go on, so the next review finds them cached.
     pub async fn facts(&self, images: &[String], arch: Option<&str>) -> ImageFacts {
+        self.facts_with(images, arch, None).await
+    }
+
+    /// [`Resolver::facts`], with the logins of the pod's pull secrets: an
+    /// image of a registry they name is looked up with that login (and
+    /// cached apart from lookups without it).
+    pub async fn facts_with(
+        &self,
+        images: &[String],
+        arch: Option<&str>,
+        pull_secrets: Option<&Credentials>,
+    ) -> ImageFacts {
         let deadline = tokio::time::Instant::now() + self.inner.config.budget;
         let lookups = images
             .iter()
             .take(MAX_IMAGES_PER_REVIEW)
             .map(|image| async move {
-                let (user, source) = self.user_until(image, arch, deadline).await;
+                let login = pull_secrets.and_then(|secrets| {
+                    let reference: Reference = image.parse().ok()?;
+                    secrets.login_for(reference.resolve_registry())
+                });
+                let (user, source) = self.user_until(image, arch, login, deadline).await;
                 self.inner.observer.answered(source, &user);
                 (image.clone(), user)
             });
@@ -256,10 +293,10 @@ impl Resolver {
     /// cached or a lookup of it is running: for warming the cache before any
     /// review asks. Returns whether a lookup was started.
     pub fn prefetch(&self, image: &str, arch: Option<&str>) -> bool {
-        if self.cached(image, arch).is_some() {
+        let key = Key::new(image, arch, None);
+        if self.cached_key(&key).is_some() {
             return false;
         }
-        let key: Key = (image.to_owned(), arch.map(str::to_owned));
         let running = self
             .inner
             .pending
@@ -267,16 +304,19 @@ impl Resolver {
             .map_or(true, |pending| pending.contains_key(&key));
         if !running {
             // The lookup runs as its own task; nobody needs to wait for it.
-            drop(self.pending(key));
+            drop(self.pending(key, None));
         }
         !running
     }
 
     /// The cached answer, if fresh.
     pub fn cached(&self, image: &str, arch: Option<&str>) -> Option<ImageUser> {
-        let key = (image.to_owned(), arch.map(str::to_owned));
+        self.cached_key(&Key::new(image, arch, None))
+    }
+
+    fn cached_key(&self, key: &Key) -> Option<ImageUser> {
         let images = self.inner.images.lock().ok()?;
-        let (user, _, until) = images.get(&key)?;
+        let (user, _, until) = images.get(key)?;
         (Instant::now() < *until).then(|| user.clone())
     }
 
@@ -284,13 +324,14 @@ impl Resolver {
         &self,
         image: &str,
         arch: Option<&str>,
+        login: Option<Login>,
         deadline: tokio::time::Instant,
     ) -> (ImageUser, Source) {
-        if let Some(user) = self.cached(image, arch) {
+        let key = Key::new(image, arch, login.as_ref());
+        if let Some(user) = self.cached_key(&key) {
             return (user, Source::Cache);
         }
-        let key: Key = (image.to_owned(), arch.map(str::to_owned));
-        let pending = self.pending(key);
+        let pending = self.pending(key, login);
         match tokio::time::timeout_at(deadline, pending).await {
             Ok(user) => (user, Source::Registry),
             Err(_) => (
@@ -308,7 +349,7 @@ impl Resolver {
     /// The one lookup of `key` in flight, started if there is none. It runs
     /// as its own task, so it finishes (and fills the caches) even when every
     /// review waiting for it has given up.
-    fn pending(&self, key: Key) -> Pending {
+    fn pending(&self, key: Key, login: Option<Login>) -> Pending {
         let Ok(mut pending) = self.inner.pending.lock() else {
             return futures::future::ready(ImageUser::Unknown {
                 why: "internal lock poisoned".to_owned(),
@@ -322,7 +363,7 @@ impl Resolver {
         let this = self.clone();
         let task_key = key.clone();
         let handle = tokio::spawn(async move {
-            let user = this.lookup_bounded(&task_key).await;
+            let user = this.lookup_bounded(&task_key, login.as_ref()).await;
             if let Ok(mut pending) = this.inner.pending.lock() {
                 pending.remove(&task_key);
             }
@@ -339,20 +380,21 @@ impl Resolver {
         shared
     }
 
-    async fn lookup_bounded(&self, key: &Key) -> ImageUser {
+    async fn lookup_bounded(&self, key: &Key, login: Option<&Login>) -> ImageUser {
         let started = Instant::now();
-        let (image, arch) = (key.0.as_str(), key.1.as_deref());
+        let (image, arch) = (key.image.as_str(), key.arch.as_deref());
         let result = match self.inner.permits.acquire().await {
-            Ok(_permit) => {
-                tokio::time::timeout(self.inner.config.lookup_timeout, self.lookup(image, arch))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(format!(
-                            "the registry did not answer within {} ms",
-                            self.inner.config.lookup_timeout.as_millis()
-                        ))
-                    })
-            }
+            Ok(_permit) => tokio::time::timeout(
+                self.inner.config.lookup_timeout,
+                self.lookup(image, arch, login),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the registry did not answer within {} ms",
+                    self.inner.config.lookup_timeout.as_millis()
+                ))
+            }),
             Err(_) => Err("the resolver is shutting down".to_owned()),
         };
         let (user, digest) = match result {
@@ -376,7 +418,7 @@ impl Resolver {
         if let (Some(digest), false) = (digest, matches!(user, ImageUser::Unknown { .. }))
             && let Ok(mut digests) = self.inner.digests.lock()
         {
-            digests.insert((digest, key.1.clone()), user.clone());
+            digests.insert((digest, key.arch.clone()), user.clone());
         }
         user
     }
@@ -387,6 +429,7 @@ impl Resolver {
         &self,
         image: &str,
         arch: Option<&str>,
+        login: Option<&Login>,
     ) -> Result<(ImageUser, Option<String>), String> {
         let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
             format!("not an image reference: {}", clip(&e.to_string()))
@@ -396,16 +439,18 @@ impl Resolver {
         // A tag whose digest's user is known needs only the digest.
         let known_digest = match reference.digest() {
             Some(digest) => Some(digest.to_owned()),
-            None => registry.tag_digest(&reference).await.ok(),
+            None => registry.tag_digest(&reference, login).await.ok(),
         };
         if let Some(digest) = &known_digest
             && let Some(user) = self.digest_user(digest, arch)
         {
             return Ok((user, known_digest));
         }
-        let (manifest, digest) = registry.manifest(&reference, max_manifest).await?;
+        let (manifest, digest) = registry.manifest(&reference, login, max_manifest).await?;
         let user = match manifest {
-            OciManifest::Image(manifest) => self.lookup_manifest(&reference, &manifest).await?,
+            OciManifest::Image(manifest) => {
+                self.lookup_manifest(&reference, login, &manifest).await?
+            }
             OciManifest::ImageIndex(index) => {
                 let mut platforms = Vec::new();
                 for entry in index.manifests.iter() {
@@ -437,9 +482,9 @@ impl Resolver {
                         reference.repository().to_owned(),
                         digest,
                     );
-                    let user = match registry.manifest(&platform_ref, max_manifest).await {
+                    let user = match registry.manifest(&platform_ref, login, max_manifest).await {
                         Ok((OciManifest::Image(manifest), _)) => {
-                            match self.lookup_manifest(&platform_ref, &manifest).await {
+                            match self.lookup_manifest(&platform_ref, login, &manifest).await {
                                 Ok(user) => user,
                                 Err(why) => ImageUser::Unknown { why },
                             }
@@ -469,6 +514,7 @@ impl Resolver {
     async fn lookup_manifest(
         &self,
         reference: &Reference,
+        login: Option<&Login>,
         manifest: &OciImageManifest,
     ) -> Result<ImageUser, String> {
         let config = self
@@ -476,6 +522,7 @@ impl Resolver {
             .registry
             .blob(
                 reference,
+                login,
                 &manifest.config,
                 self.inner.config.max_config_bytes,
                 "config",
@@ -487,7 +534,7 @@ impl Resolver {
             ConfigUser::Root(why) => Ok(ImageUser::Root { why }),
             ConfigUser::Invalid(why) => Err(why),
             ConfigUser::Name(name) => {
-                let passwd = self.passwd(reference, manifest).await?;
+                let passwd = self.passwd(reference, login, manifest).await?;
                 Ok(resolve_name(&name, passwd.as_deref()))
             }
         }
@@ -497,6 +544,7 @@ impl Resolver {
     async fn passwd(
         &self,
         reference: &Reference,
+        login: Option<&Login>,
         manifest: &OciImageManifest,
     ) -> Result<Option<String>, String> {
         let limits = &self.inner.config;
@@ -523,7 +571,7 @@ impl Resolver {
             let bytes = self
                 .inner
                 .registry
-                .blob(reference, layer, limits.max_layer_bytes, "layer")
+                .blob(reference, login, layer, limits.max_layer_bytes, "layer")
                 .await?;
             match find_passwd(&bytes, &layer.media_type, limits.max_unpacked_bytes) {
                 Ok(PasswdInLayer::Found(text)) => return Ok(Some(text)),

@@ -513,6 +513,20 @@ async fn redirects_bodies_digests_and_tokens_are_bounded_and_checked() {
         one(&anonymous, &image("token-open:1"), None).await,
         ImageUser::Uid(65532)
     );
+    // A pod's pull secret: its login gets its own token, which a lookup
+    // without the login never reuses.
+    let facts = anonymous
+        .facts_with(
+            std::slice::from_ref(&image("token:1")),
+            None,
+            Some(&credentials),
+        )
+        .await;
+    assert_eq!(facts[&image("token:1")], ImageUser::Uid(65532));
+    unknown(
+        one(&anonymous, &image("token:3"), None).await,
+        "token: access refused (401/403)",
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -554,7 +568,74 @@ async fn redirects_bodies_digests_and_tokens_are_bounded_and_checked() {
                 "/token?service=scripted&scope=repository%3Akh%2Ftoken-open%3Apull".to_owned(),
                 false
             ),
+            // The pod's login, then again without it (HEAD and GET).
+            (
+                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
+                true
+            ),
+            (
+                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
+                false
+            ),
+            (
+                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
+                false
+            ),
         ],
         "one token per resolver and repository while it lasts, with the credentials only when configured"
     );
+}
+
+/// A pod's pull secret opens a private registry for that pod's lookups only:
+/// a refusal cached without it does not hide the image from the pod that has
+/// it, and its answer is never given to a pod without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_secret_logins_are_used_and_cached_apart() {
+    let registry = Registry::with_basic_auth("robot", "s3cret").unwrap();
+    registry
+        .push("kh/private:1", &TestImage::new(Some("65532"), &[]))
+        .await
+        .unwrap();
+    let observer = Arc::new(Counting::default());
+    let resolver = resolver_for(&registry, Credentials::default(), observer.clone());
+    let image = registry.image("kh/private:1");
+    let secrets = |password: &str| {
+        Credentials::from_json(
+            json!({"auths": {registry.host.clone(): {"username": "robot", "password": password}}})
+                .to_string()
+                .as_bytes(),
+            "pull secret",
+        )
+        .unwrap()
+    };
+    let with = |secrets: Credentials| {
+        let (resolver, image) = (&resolver, &image);
+        async move {
+            resolver
+                .facts_with(std::slice::from_ref(image), None, Some(&secrets))
+                .await[image]
+                .clone()
+        }
+    };
+    let refused = |user: ImageUser| {
+        assert!(
+            matches!(&user, ImageUser::Unknown { why } if why.contains("access refused")),
+            "{user:?}"
+        );
+    };
+    refused(one(&resolver, &image, None).await);
+    assert_eq!(with(secrets("s3cret")).await, ImageUser::Uid(65532));
+    refused(one(&resolver, &image, None).await);
+    refused(with(secrets("wrong")).await);
+    // Secrets for another registry change nothing.
+    let elsewhere = Credentials::from_json(
+        br#"{"auths": {"other.example": {"username": "robot", "password": "s3cret"}}}"#,
+        "pull secret",
+    )
+    .unwrap();
+    refused(with(elsewhere).await);
+    // Each login's answer is cached: the second time costs no lookup.
+    let lookups = observer.lookups.load(Ordering::SeqCst);
+    assert_eq!(with(secrets("s3cret")).await, ImageUser::Uid(65532));
+    assert_eq!(observer.lookups.load(Ordering::SeqCst), lookups);
 }
