@@ -418,7 +418,7 @@ fn image_lookups_must_fit_in_the_webhook_timeout() -> Result<()> {
 }
 
 #[test]
-fn only_the_image_warm_up_lets_kube_hardener_list_pods() -> Result<()> {
+fn only_the_image_switches_let_kube_hardener_list_pods_or_get_secrets() -> Result<()> {
     let rules = |sets: &[&str]| -> Result<Value> {
         let rendered = run(&mut template_with(sets))?;
         let docs = documents(&String::from_utf8(rendered.stdout)?)?;
@@ -435,6 +435,15 @@ fn only_the_image_warm_up_lets_kube_hardener_list_pods() -> Result<()> {
     assert_eq!(
         rules(&[resolve[0], resolve[1], "images.warm_up_pods=500"])?,
         json!([namespaces, pods])
+    );
+    let secrets = json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]});
+    assert_eq!(
+        rules(&["images.pod_pull_secrets=true"])?,
+        json!([namespaces])
+    );
+    assert_eq!(
+        rules(&[resolve[0], resolve[1], "images.pod_pull_secrets=true"])?,
+        json!([namespaces, secrets])
     );
     Ok(())
 }

@@ -216,13 +216,15 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
             assert_eq!(container["image"], "kube-hardener:dev");
             assert_eq!(container["imagePullPolicy"], "Never");
 
-            // components/image-warm-up over the base: list pods, and nothing else changes.
+            // The two image components over the base: list pods, get secrets,
+            // and nothing else changes.
             let warm = copy.join("overlays/warm-up-check");
             std::fs::create_dir_all(&warm)?;
             std::fs::write(
                 warm.join("kustomization.yaml"),
                 "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-                 resources: [../../base]\ncomponents: [../../components/image-warm-up]\n",
+                 resources: [../../base]\ncomponents:\n\
+                 - ../../components/image-warm-up\n- ../../components/pod-pull-secrets\n",
             )?;
             let stdout = dry_run_apply(&["-k"], &warm)?;
             assert_applied(&stdout, &BASE_OBJECTS);
@@ -233,6 +235,7 @@ async fn every_manifest_under_deploy_is_accepted_by_the_api_server() -> Result<(
                 serde_json::json!([
                     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
                     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
                 ])
             );
 
@@ -262,6 +265,7 @@ fn every_yaml_file_under_deploy_is_part_of_a_kustomization() -> Result<()> {
         "overlays/self-signed",
         "overlays/local-image",
         "components/image-warm-up",
+        "components/pod-pull-secrets",
     ] {
         let dir = deploy.join(dir);
         let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))?;

@@ -188,3 +188,76 @@ async fn existing_pods_warm_the_image_cache_at_start() -> Result<()> {
     );
     Ok(())
 }
+
+/// `images.pod_pull_secrets`: an image in a registry that wants a login is
+/// looked up with the login of the pod's own pull secret, and only for the
+/// pods that name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_pull_secret_opens_its_private_registry() -> Result<()> {
+    let registry = Registry::with_basic_auth("robot", "s3cret").map_err(anyhow::Error::msg)?;
+    registry
+        .push(
+            "kh/private:named",
+            &TestImage::new(Some("app"), &[("etc/passwd", PASSWD)]),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let image = registry.image("kh/private:named");
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("registry-ca.crt");
+    std::fs::write(&ca, &registry.ca_pem)?;
+    let server = LocalWebhook::start(ServerOptions {
+        config_toml: format!(
+            "[images]\nresolve = true\nca_file = \"{}\"\nbudget_ms = 3000\npod_pull_secrets = true\n",
+            ca.display()
+        ),
+        ..ServerOptions::default()
+    })
+    .await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "pull-secrets", Default::default()).await?;
+    let config =
+        json!({"auths": {registry.host.clone(): {"username": "robot", "password": "s3cret"}}});
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "registry-login"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config.to_string()},
+    }))?;
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let _registration =
+        Registration::create(&client, &server.target(), &ns, RegisterOptions::default()).await?;
+    wait_until_hardening(&ns).await?;
+
+    let with_secret = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "with-secret"},
+        "spec": {"imagePullSecrets": [{"name": "missing"}, {"name": "registry-login"}],
+                 "containers": [{"name": "app", "image": image}]}});
+    let (stored, warnings) = kubectl_create(&ns.name, &with_secret, false)?;
+    assert_eq!(
+        (
+            stored["spec"]["securityContext"]["runAsNonRoot"].clone(),
+            stored["spec"]["containers"][0]["securityContext"]["runAsUser"].clone()
+        ),
+        (json!(true), json!(10001)),
+        "{stored:#}"
+    );
+    assert!(
+        warnings.join("\n").contains("runs as user app, UID 10001"),
+        "{warnings:?}"
+    );
+
+    let without = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "without"},
+        "spec": {"containers": [{"name": "app", "image": image}]}});
+    let (stored, warnings) = kubectl_create(&ns.name, &without, false)?;
+    assert_eq!(
+        stored["spec"]["containers"][0]["securityContext"].get("runAsUser"),
+        None,
+        "{stored:#}"
+    );
+    let joined = warnings.join("\n");
+    assert!(joined.contains("access refused (401/403)"), "{joined}");
+    assert!(!joined.contains("s3cret") && !server.log().contains("s3cret"));
+    Ok(())
+}

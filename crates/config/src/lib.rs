@@ -69,6 +69,8 @@ pub struct ImagesConfig {
     pub redirect_hosts: Vec<String>,
     /// At start-up, look up the images of this many existing pods (0: off).
     pub warm_up_pods: usize,
+    /// Look images up with the logins of the pod's own `imagePullSecrets`.
+    pub pod_pull_secrets: bool,
 }
 
 /// Where public registries send their blobs (and, for registry.k8s.io, its
@@ -111,6 +113,7 @@ impl Default for ImagesConfig {
                 .map(|host| (*host).to_owned())
                 .collect(),
             warm_up_pods: 0,
+            pod_pull_secrets: false,
         }
     }
 }

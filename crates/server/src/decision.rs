@@ -176,7 +176,19 @@ impl State {
         if query.images.is_empty() {
             return Some(ImageFacts::new());
         }
-        Some(resolver.facts(&query.images, query.arch.as_deref()).await)
+        let pull_secrets = match &self.pull_secrets {
+            Some(secrets) => {
+                secrets
+                    .for_pod(&review.namespace, review.object.as_ref()?)
+                    .await
+            }
+            None => None,
+        };
+        Some(
+            resolver
+                .facts_with(&query.images, query.arch.as_deref(), pull_secrets.as_ref())
+                .await,
+        )
     }
 }
 

@@ -19,6 +19,7 @@ mod lifecycle; //       start, drain, stop
 mod logging;
 mod metrics;
 mod namespaces;
+mod pull_secrets;
 mod state;
 mod tls;
 mod warm_up;

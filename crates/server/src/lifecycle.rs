@@ -120,6 +120,17 @@ impl Webhook {
             }),
             _ => None,
         };
+        let pull_secrets = match (&images, namespaces.client()) {
+            (Some(_), Some(client)) if config.images.pod_pull_secrets => {
+                let timeout = Duration::from_millis(
+                    server
+                        .namespace_lookup_timeout_ms
+                        .min(config.images.budget_ms),
+                );
+                Some(crate::pull_secrets::PullSecrets::new(client, timeout))
+            }
+            _ => None,
+        };
         let state = web::Data::new(State {
             policy: config.effective_policy(EntryPoint::Webhook),
             audit: server.audit,
@@ -130,6 +141,7 @@ impl Webhook {
             shutting_down: Arc::clone(&shutting_down),
             heavy_reviews: tokio::sync::Semaphore::new(heavy_slots),
             images,
+            pull_secrets,
         });
 
         let missed_metrics = Arc::clone(&metrics);

@@ -152,6 +152,11 @@ impl NamespaceSource {
         self.store.is_empty()
     }
 
+    /// The API client it was built with, if any.
+    pub(crate) fn client(&self) -> Option<kube::Client> {
+        self.fallback.clone().map(Api::into_client)
+    }
+
     pub(crate) fn watch_errors(&self) -> Counter {
         self.watch_errors.clone()
     }

@@ -26,4 +26,6 @@ pub(crate) struct State {
     pub heavy_reviews: tokio::sync::Semaphore,
     /// Looks up what images run as (`images.resolve`); `None` when off.
     pub images: Option<kube_hardener_images::Resolver>,
+    /// Reads pods' pull secrets (`images.pod_pull_secrets`); `None` when off.
+    pub pull_secrets: Option<crate::pull_secrets::PullSecrets>,
 }
