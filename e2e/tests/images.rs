@@ -11,6 +11,26 @@ use kube_hardener_e2e::{
 use kube_hardener_testkit::registry::{PASSWD, Registry, TestImage};
 use serde_json::{Value, json};
 
+/// A local webhook with image lookups on, trusting `registry`'s CA, with
+/// `extra` lines added to its `[images]` table. Keep the directory while it runs.
+async fn webhook_for(
+    registry: &Registry,
+    extra: &str,
+) -> Result<(LocalWebhook, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("registry-ca.crt");
+    std::fs::write(&ca, &registry.ca_pem)?;
+    let server = LocalWebhook::start(ServerOptions {
+        config_toml: format!(
+            "[images]\nresolve = true\nca_file = \"{}\"\nbudget_ms = 3000\n{extra}",
+            ca.display()
+        ),
+        ..ServerOptions::default()
+    })
+    .await?;
+    Ok((server, dir))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
     let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
@@ -26,17 +46,7 @@ async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
     }
-    let dir = tempfile::tempdir()?;
-    let ca = dir.path().join("registry-ca.crt");
-    std::fs::write(&ca, &registry.ca_pem)?;
-    let server = LocalWebhook::start(ServerOptions {
-        config_toml: format!(
-            "[images]\nresolve = true\nca_file = \"{}\"\nbudget_ms = 3000\n",
-            ca.display()
-        ),
-        ..ServerOptions::default()
-    })
-    .await?;
+    let (server, _dir) = webhook_for(&registry, "").await?;
     let client = client().await?;
     let ns = TestNamespace::create(&client, "images", Default::default()).await?;
     let _registration =
@@ -124,17 +134,7 @@ async fn existing_pods_warm_the_image_cache_at_start() -> Result<()> {
         .create(&PostParams::default(), &pod(existing)?)
         .await?;
 
-    let dir = tempfile::tempdir()?;
-    let ca = dir.path().join("registry-ca.crt");
-    std::fs::write(&ca, &registry.ca_pem)?;
-    let server = LocalWebhook::start(ServerOptions {
-        config_toml: format!(
-            "[images]\nresolve = true\nca_file = \"{}\"\nbudget_ms = 3000\nwarm_up_pods = 100000\n",
-            ca.display()
-        ),
-        ..ServerOptions::default()
-    })
-    .await?;
+    let (server, _dir) = webhook_for(&registry, "warm_up_pods = 100000\n").await?;
     let looked_up = "kube_hardener_image_lookup_seconds_count{outcome=\"named\"}";
     kube_hardener_e2e::eventually(
         "the warm-up to look the existing pod's image up",
@@ -203,17 +203,7 @@ async fn a_pods_pull_secret_opens_its_private_registry() -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let image = registry.image("kh/private:named");
-    let dir = tempfile::tempdir()?;
-    let ca = dir.path().join("registry-ca.crt");
-    std::fs::write(&ca, &registry.ca_pem)?;
-    let server = LocalWebhook::start(ServerOptions {
-        config_toml: format!(
-            "[images]\nresolve = true\nca_file = \"{}\"\nbudget_ms = 3000\npod_pull_secrets = true\n",
-            ca.display()
-        ),
-        ..ServerOptions::default()
-    })
-    .await?;
+    let (server, _dir) = webhook_for(&registry, "pod_pull_secrets = true\n").await?;
     let client = client().await?;
     let ns = TestNamespace::create(&client, "pull-secrets", Default::default()).await?;
     let config =

@@ -548,39 +548,24 @@ async fn redirects_bodies_digests_and_tokens_are_bounded_and_checked() {
         .filter(|r| r.target.starts_with("/token?"))
         .map(|r| (r.target.clone(), r.authorization.is_some()))
         .collect();
+    let token = |repository: &str, with_credentials: bool| {
+        (
+            format!("/token?service=scripted&scope=repository%3Akh%2F{repository}%3Apull"),
+            with_credentials,
+        )
+    };
     assert_eq!(
         tokens,
         vec![
-            (
-                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
-                true
-            ),
+            token("token", true),
             // Refused: asked again by the manifest's GET after the tag's HEAD.
-            (
-                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
-                false
-            ),
-            (
-                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
-                false
-            ),
-            (
-                "/token?service=scripted&scope=repository%3Akh%2Ftoken-open%3Apull".to_owned(),
-                false
-            ),
+            token("token", false),
+            token("token", false),
+            token("token-open", false),
             // The pod's login, then again without it (HEAD and GET).
-            (
-                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
-                true
-            ),
-            (
-                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
-                false
-            ),
-            (
-                "/token?service=scripted&scope=repository%3Akh%2Ftoken%3Apull".to_owned(),
-                false
-            ),
+            token("token", true),
+            token("token", false),
+            token("token", false),
         ],
         "one token per resolver and repository while it lasts, with the credentials only when configured"
     );
