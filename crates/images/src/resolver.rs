@@ -36,7 +36,8 @@ pub struct ResolverConfig {
     pub max_unpacked_bytes: u64,
     pub max_layers: usize,
     pub credentials: Credentials,
-    /// Hosts (or `*.domain`) a blob may be redirected to, over https.
+    /// Hosts (or `*.domain`) besides the registry's own that a lookup
+    /// follows a redirect to, over https.
     pub redirect_hosts: Vec<String>,
     /// Extra trusted CA certificates (PEM).
     pub extra_roots_pem: Vec<Vec<u8>>,
@@ -141,7 +142,7 @@ pub struct Resolver {
 struct Inner {
     registry: Distribution,
     config: ResolverConfig,
-    /// (image, arch) → what it runs as, the digest it was, and until when.
+    /// (image, arch, login) → what it runs as, the digest it was, and until when.
     images: Mutex<Bounded<Key, ImageEntry>>,
     /// (manifest digest, arch) → what it runs as; digests never change.
     digests: Mutex<Bounded<DigestKey, ImageUser>>,
