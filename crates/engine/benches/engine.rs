@@ -98,6 +98,14 @@ fn bench(c: &mut Criterion) {
         group.bench_function("engine", |b| {
             b.iter(|| harden(black_box(&object), &ctx, &policy).map(|o| o.patch.0.len()))
         });
+        // What a caller with image lookups on runs first, to learn which
+        // images to resolve: its cost comes on top of the engine's.
+        group.bench_function("image_query", |b| {
+            b.iter(|| {
+                kube_hardener_engine::image_query(black_box(&object), &ctx, &policy)
+                    .map(|q| q.images.len())
+            })
+        });
         group.finish();
     }
 }
