@@ -17,6 +17,7 @@ use sha2::Digest as _;
 
 use crate::bounded::Bounded;
 use crate::credentials::{Credentials, Login};
+use crate::resolver::ResolverConfig;
 use crate::user::clip;
 
 /// The manifest kinds asked for: OCI and Docker, images and indexes.
@@ -40,17 +41,6 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(300);
 enum Auth {
     Bearer(String),
     Basic,
-}
-
-/// The connection settings, from the `[images]` configuration.
-#[derive(Debug)]
-pub(crate) struct Settings<'a> {
-    pub roots_pem: &'a [Vec<u8>],
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub plain_http: &'a [String],
-    pub redirect_hosts: &'a [String],
-    pub credentials: &'a Credentials,
 }
 
 type AuthKey = (String, String, Option<u64>);
@@ -77,19 +67,19 @@ impl std::fmt::Debug for Distribution {
 }
 
 impl Distribution {
-    pub(crate) fn new(settings: &Settings<'_>) -> Result<Self, String> {
+    pub(crate) fn new(config: &ResolverConfig) -> Result<Self, String> {
         let mut roots = Vec::new();
-        for pem in settings.roots_pem {
+        for pem in &config.extra_roots_pem {
             roots.push(
                 registry_http::Certificate::from_pem(pem)
                     .map_err(|e| format!("not a PEM certificate: {}", clip(&e.to_string())))?,
             );
         }
-        let hosts = settings.redirect_hosts.to_vec();
+        let hosts = config.redirect_hosts.clone();
         let http = registry_http::Client::builder()
             .tls_certs_merge(roots)
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.read_timeout)
+            .connect_timeout(config.lookup_timeout.min(Duration::from_secs(10)))
+            .read_timeout(config.lookup_timeout)
             .redirect(redirect::Policy::custom(move |attempt| {
                 let follow = attempt.previous().len() <= MAX_REDIRECTS
                     && attempt
@@ -107,8 +97,8 @@ impl Distribution {
             .map_err(|e| format!("the registry client: {}", clip(&e.to_string())))?;
         Ok(Distribution {
             http,
-            plain_http: settings.plain_http.to_vec(),
-            credentials: settings.credentials.clone(),
+            plain_http: config.plain_http.clone(),
+            credentials: config.credentials.clone(),
             auth: Mutex::new(Bounded::new(AUTH_ENTRIES)),
         })
     }

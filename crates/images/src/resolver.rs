@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::bounded::Bounded;
 use crate::credentials::{Credentials, Login, read_bounded};
-use crate::distribution::{Distribution, Settings};
+use crate::distribution::Distribution;
 use crate::layers::{PasswdInLayer, find_passwd, is_gzip};
 use crate::user::{ConfigUser, clip, merge_platforms, parse_config_user, resolve_name};
 
@@ -222,16 +222,8 @@ impl Resolver {
     pub fn new(config: ResolverConfig, observer: Arc<dyn Observer>) -> Result<Self, ResolverError> {
         // reqwest's rustls needs a process-wide provider; the server uses ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let registry = Distribution::new(&Settings {
-            roots_pem: &config.extra_roots_pem,
-            connect_timeout: config.lookup_timeout.min(Duration::from_secs(10)),
-            read_timeout: config.lookup_timeout,
-            plain_http: &config.plain_http,
-            redirect_hosts: &config.redirect_hosts,
-            credentials: &config.credentials,
-        })
-        .map_err(ResolverError::Client)?;
-        let entries = config.cache_entries.max(1);
+        let registry = Distribution::new(&config).map_err(ResolverError::Client)?;
+        let entries = config.cache_entries;
         Ok(Resolver {
             inner: Arc::new(Inner {
                 registry,

@@ -96,9 +96,8 @@ pub fn run(args: &ServeArgs, config: Config) -> anyhow::Result<()> {
     system.block_on(async move {
         let client = kube_client(config.server.kubeconfig.as_deref()).await?;
         let lookup_timeout = Duration::from_millis(config.server.namespace_lookup_timeout_ms);
-        let namespaces = NamespaceSource::watch(client.clone(), lookup_timeout);
+        let namespaces = NamespaceSource::watch(client, lookup_timeout);
         let webhook = Webhook::start(config, namespaces).await?;
-        webhook.warm_up_images(client);
         let trigger = webhook.shutdown_trigger();
         actix_web::rt::spawn(async move {
             match wait_for_signal().await {

@@ -59,8 +59,6 @@ pub struct Webhook {
     reloader: tokio::task::JoinHandle<()>,
     shutdown: Arc<tokio::sync::Notify>,
     shutting_down: Arc<AtomicBool>,
-    /// Set when image lookups are on and `images.warm_up_pods` > 0.
-    warm_up: Option<WarmUp>,
 }
 
 #[derive(Debug)]
@@ -111,16 +109,20 @@ impl Webhook {
         } else {
             None
         };
-        let warm_up = match &images {
-            Some(resolver) if config.images.warm_up_pods > 0 => Some(WarmUp {
+        let policy = config.effective_policy(EntryPoint::Webhook);
+        // The namespace cache's API client also reads pods and pull secrets.
+        let client = namespaces.client();
+        let warm_up = match (&images, &client) {
+            (Some(resolver), Some(client)) if config.images.warm_up_pods > 0 => Some(WarmUp {
+                client: client.clone(),
                 resolver: resolver.clone(),
-                policy: config.effective_policy(EntryPoint::Webhook),
+                policy: policy.clone(),
                 namespaces: namespaces.clone(),
                 max_pods: config.images.warm_up_pods,
             }),
             _ => None,
         };
-        let pull_secrets = match (&images, namespaces.client()) {
+        let pull_secrets = match (&images, client) {
             (Some(_), Some(client)) if config.images.pod_pull_secrets => {
                 let timeout = Duration::from_millis(
                     server
@@ -132,7 +134,7 @@ impl Webhook {
             _ => None,
         };
         let state = web::Data::new(State {
-            policy: config.effective_policy(EntryPoint::Webhook),
+            policy,
             audit: server.audit,
             max_body_bytes: server.max_body_bytes,
             client_timeout,
@@ -201,6 +203,10 @@ impl Webhook {
             mutual_tls = server.client_ca.is_some(),
             "serving"
         );
+        // In the background: reviews are served meanwhile.
+        if let Some(warm_up) = warm_up {
+            tokio::spawn(warm_up.run());
+        }
         Ok(Webhook {
             webhook_addr,
             health_addr,
@@ -209,16 +215,7 @@ impl Webhook {
             reloader,
             shutdown: Arc::new(tokio::sync::Notify::new()),
             shutting_down,
-            warm_up,
         })
-    }
-
-    /// Starts warming the image cache from existing pods in the background,
-    /// when configured; reviews are served meanwhile.
-    pub fn warm_up_images(&self, client: kube::Client) {
-        if let Some(warm_up) = self.warm_up.clone() {
-            tokio::spawn(warm_up.run(client));
-        }
     }
 
     /// Bound address of the HTTPS webhook listener.

@@ -20,8 +20,8 @@ const PAGE: usize = 500;
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What warming up needs from the running webhook.
-#[derive(Debug, Clone)]
 pub(crate) struct WarmUp {
+    pub client: kube::Client,
     pub resolver: Resolver,
     pub policy: Policy,
     pub namespaces: NamespaceSource,
@@ -35,13 +35,22 @@ pub(crate) struct Warmed {
     pub lookups: usize,
 }
 
+impl std::fmt::Debug for WarmUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmUp")
+            .field("max_pods", &self.max_pods)
+            .finish_non_exhaustive()
+    }
+}
+
 impl WarmUp {
     /// Lists up to `max_pods` pods, in pages, and starts one background
     /// lookup per image not cached yet (the resolver's
     /// `images.concurrent_lookups` bounds how many run at once). Never fails
     /// the webhook: an error ends the warm-up with a log line.
-    pub(crate) async fn run(self, client: kube::Client) -> Warmed {
-        let api: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<Pod>(&()));
+    pub(crate) async fn run(self) -> Warmed {
+        let api: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &ApiResource::erase::<Pod>(&()));
         let mut warmed = Warmed::default();
         let mut seen = HashSet::new();
         let mut next: Option<String> = None;
