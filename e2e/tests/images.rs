@@ -31,6 +31,15 @@ async fn webhook_for(
     Ok((server, dir))
 }
 
+/// The pod-level `runAsNonRoot` and the first container's `runAsUser` of a
+/// stored pod: where a named-user image's decision shows.
+fn non_root_and_first_user(stored: &Value) -> (Value, Value) {
+    (
+        stored["spec"]["securityContext"]["runAsNonRoot"].clone(),
+        stored["spec"]["containers"][0]["securityContext"]["runAsUser"].clone(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stored_pod_shows_each_images_decision() -> Result<()> {
     let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
@@ -166,10 +175,7 @@ async fn existing_pods_warm_the_image_cache_at_start() -> Result<()> {
     )?;
     let after = server.metrics().await?;
     assert_eq!(
-        (
-            stored["spec"]["securityContext"]["runAsNonRoot"].clone(),
-            stored["spec"]["containers"][0]["securityContext"]["runAsUser"].clone()
-        ),
+        non_root_and_first_user(&stored),
         (json!(true), json!(10001)),
         "{stored:#}"
     );
@@ -226,10 +232,7 @@ async fn a_pods_pull_secret_opens_its_private_registry() -> Result<()> {
                  "containers": [{"name": "app", "image": image}]}});
     let (stored, warnings) = kubectl_create(&ns.name, &with_secret, false)?;
     assert_eq!(
-        (
-            stored["spec"]["securityContext"]["runAsNonRoot"].clone(),
-            stored["spec"]["containers"][0]["securityContext"]["runAsUser"].clone()
-        ),
+        non_root_and_first_user(&stored),
         (json!(true), json!(10001)),
         "{stored:#}"
     );

@@ -28,16 +28,22 @@ pub struct SilentRegistry {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A listener on a free loopback port, and its `127.0.0.1:PORT`.
+async fn bind_loopback() -> Result<(tokio::net::TcpListener, String), String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("binding a loopback port: {e}"))?;
+    let host = listener
+        .local_addr()
+        .map_err(|e| format!("the loopback listener's address: {e}"))?
+        .to_string();
+    Ok((listener, host))
+}
+
 impl SilentRegistry {
     /// Starts it on the current tokio runtime.
     pub async fn start() -> Result<Self, String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("binding a loopback port: {e}"))?;
-        let host = listener
-            .local_addr()
-            .map_err(|e| format!("the silent registry's address: {e}"))?
-            .to_string();
+        let (listener, host) = bind_loopback().await?;
         let task = tokio::spawn(async move {
             let mut open = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
@@ -129,13 +135,7 @@ impl ScriptedRegistry {
     pub async fn start(
         route: impl Fn(&Request) -> Reply + Send + Sync + 'static,
     ) -> Result<Self, String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("binding a loopback port: {e}"))?;
-        let host = listener
-            .local_addr()
-            .map_err(|e| format!("the scripted registry's address: {e}"))?
-            .to_string();
+        let (listener, host) = bind_loopback().await?;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let route: std::sync::Arc<Route> = std::sync::Arc::new(route);
         let log = seen.clone();
