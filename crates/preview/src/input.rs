@@ -72,7 +72,7 @@ pub fn read_inputs(inputs: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Sourc
             // meaningful interpretation.
             if !stdin_used {
                 stdin_used = true;
-                let text = read_bounded(stdin, STDIN_NAME)?;
+                let text = read_bounded(stdin, STDIN_NAME, 0)?;
                 sources.push(Source {
                     name: STDIN_NAME.to_owned(),
                     text,
@@ -168,7 +168,13 @@ fn read_file(path: &Path) -> Result<Source, PreviewError> {
         file: name.clone(),
         source,
     })?;
-    let text = read_bounded(&mut std::io::BufReader::new(file), &name)?;
+    // Sized from the file's length: a buffer grown by doubling would leave
+    // up to twice the input resident for the whole run.
+    let size = file
+        .metadata()
+        .map_or(0, |m| m.len())
+        .min(MAX_INPUT_BYTES + 1);
+    let text = read_bounded(&mut std::io::BufReader::new(file), &name, size)?;
     Ok(Source {
         json: is_json_path(path),
         name,
@@ -176,8 +182,8 @@ fn read_file(path: &Path) -> Result<Source, PreviewError> {
     })
 }
 
-fn read_bounded(reader: &mut dyn Read, name: &str) -> Result<String, PreviewError> {
-    let mut bytes = Vec::new();
+fn read_bounded(reader: &mut dyn Read, name: &str, size: u64) -> Result<String, PreviewError> {
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
     reader
         .take(MAX_INPUT_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -640,14 +646,14 @@ mod tests {
 
     #[test]
     fn bounded_read_rejects_oversized_and_non_utf8_input() {
-        let Err(error) = read_bounded(&mut &b"ok\xff"[..], "bin.yaml") else {
+        let Err(error) = read_bounded(&mut &b"ok\xff"[..], "bin.yaml", 0) else {
             panic!("expected an error");
         };
         assert_eq!(
             error.to_string(),
             "bin.yaml: not UTF-8 text (invalid byte at offset 2)"
         );
-        let text = read_bounded(&mut "\u{feff}kind: A".as_bytes(), "bom.yaml").expect("reads");
+        let text = read_bounded(&mut "\u{feff}kind: A".as_bytes(), "bom.yaml", 0).expect("reads");
         assert_eq!(text, "kind: A");
     }
 

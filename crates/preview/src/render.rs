@@ -130,7 +130,11 @@ impl Output {
         self.objects += part.objects;
         self.changed += part.changed;
         if !part.text.is_empty() {
-            self.chunks.push(part.text);
+            // Kept until the end: the slack of a string grown by doubling
+            // would be up to half of all the output held in memory.
+            let mut text = part.text;
+            text.shrink_to_fit();
+            self.chunks.push(text);
         }
         if part.entries.is_empty() {
             return;

@@ -23,7 +23,7 @@ use crate::PreviewError;
 use crate::input::{self, Document, PIECE_BYTES, Source};
 use crate::process::{Namespaces, Options, collect_namespaces, evaluate_with, image_queries};
 use crate::render::{Format, Output, Part, render_part};
-use crate::threads::{parallel, parallel_owned, threads};
+use crate::threads::threads;
 
 /// Documents of a JSON stream hardened and rendered at once.
 const JSON_BATCH: usize = 512;
@@ -167,26 +167,110 @@ fn renumber(documents: &mut [Document], offset: usize) {
     }
 }
 
-/// A window of pieces at a time: parse them all (in parallel), number their
-/// documents, then harden and render them all (in parallel), and append the
-/// parts in order. At most one window of parsed documents exists at a time.
+/// A window of pieces at a time over a pool of worker threads, each piece on
+/// one worker from parse to rendered text: the worker parses it and reports
+/// its document count, gets back the number of documents before it, then
+/// hardens and renders it. The parts are appended in input order. A piece's
+/// values are made and freed on one thread that lives for the whole source,
+/// so the allocator reuses that memory at once instead of holding it for
+/// threads that are gone. At most one window of parsed documents exists at a
+/// time.
 fn render_yaml(source: &Source, job: Job<'_>, output: &mut Output) -> Result<(), PreviewError> {
     let pieces = input::yaml_pieces(&source.text, PIECE_BYTES);
-    let mut offset = 0;
-    for window in pieces.chunks(threads()) {
-        let parsed = parallel(window, |piece| input::parse_yaml_text(piece, &source.name));
-        let mut batches = Vec::with_capacity(parsed.len());
-        for result in parsed {
-            let (mut documents, count) = result?;
-            renumber(&mut documents, offset);
-            offset += count;
-            batches.push(documents);
+    let size = threads().min(pieces.len()).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<Worker<'_>> = (0..size)
+            .map(|_| Worker::spawn(scope, &source.name, job))
+            .collect();
+        let mut offset = 0;
+        for window in pieces.chunks(size) {
+            let busy = &workers[..window.len()];
+            for (worker, piece) in busy.iter().zip(window) {
+                worker.send_piece(piece);
+            }
+            for worker in busy {
+                // A closed channel means the worker panicked; leaving the
+                // scope carries that panic on.
+                let Some(count) = worker.count() else {
+                    return Ok(());
+                };
+                worker.send_offset(offset);
+                offset += count;
+            }
+            for worker in busy {
+                let Some(part) = worker.part() else {
+                    return Ok(());
+                };
+                output.append(part?);
+            }
         }
-        for rendered in parallel_owned(batches, |documents| part(documents, job)) {
-            output.append(rendered?);
+        Ok(())
+    })
+}
+
+/// One thread of [`render_yaml`]'s pool and its three channels.
+struct Worker<'a> {
+    pieces: std::sync::mpsc::Sender<&'a str>,
+    offsets: std::sync::mpsc::Sender<usize>,
+    counts: std::sync::mpsc::Receiver<usize>,
+    parts: std::sync::mpsc::Receiver<Result<Part, PreviewError>>,
+}
+
+impl<'a> Worker<'a> {
+    fn spawn<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        name: &'a str,
+        job: Job<'a>,
+    ) -> Self
+    where
+        'a: 'scope,
+    {
+        use std::sync::mpsc::channel;
+        let (pieces, piece_rx) = channel::<&'a str>();
+        let (offsets, offset_rx) = channel::<usize>();
+        let (count_tx, counts) = channel();
+        let (part_tx, parts) = channel();
+        scope.spawn(move || {
+            // Ends when the pool is dropped (its senders close).
+            for piece in piece_rx {
+                let parsed = input::parse_yaml_text(piece, name);
+                // A piece that fails still reports a count: its error comes
+                // first in order, so what follows it is discarded.
+                let count = parsed.as_ref().map_or(0, |(_, count)| *count);
+                let Ok(()) = count_tx.send(count) else { return };
+                let Ok(offset) = offset_rx.recv() else { return };
+                let part = parsed.and_then(|(mut documents, _)| {
+                    renumber(&mut documents, offset);
+                    part(documents, job)
+                });
+                let Ok(()) = part_tx.send(part) else { return };
+            }
+        });
+        Worker {
+            pieces,
+            offsets,
+            counts,
+            parts,
         }
     }
-    Ok(())
+
+    // Sends fail only when the worker has ended (a panic); the next receive
+    // then says so.
+    fn send_piece(&self, piece: &'a str) {
+        let _ = self.pieces.send(piece);
+    }
+
+    fn send_offset(&self, offset: usize) {
+        let _ = self.offsets.send(offset);
+    }
+
+    fn count(&self) -> Option<usize> {
+        self.counts.recv().ok()
+    }
+
+    fn part(&self) -> Option<Result<Part, PreviewError>> {
+        self.parts.recv().ok()
+    }
 }
 
 /// Calls `each` with consecutive batches of a JSON stream's documents.
