@@ -103,13 +103,20 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// `variables.on_<setting>`, or `false` for a setting the configuration turns off.
+    /// `variables.on[<position>]` for a setting the configuration enables
+    /// (positions follow `Setting::ALL`), or `false` for one it turns off.
     fn on(&self, setting: Setting) -> String {
-        if self.policy.enables(setting) {
-            format!("variables.on_{}", setting.name())
-        } else {
-            "false".to_owned()
+        match self.enabled().iter().position(|s| *s == setting) {
+            Some(position) => format!("variables.on[{position}]"),
+            None => "false".to_owned(),
         }
+    }
+
+    fn enabled(&self) -> Vec<Setting> {
+        Setting::ALL
+            .into_iter()
+            .filter(|s| self.policy.enables(*s))
+            .collect()
     }
 
     fn skip_list(&self, annotations: &str) -> String {
@@ -130,9 +137,6 @@ impl Builder<'_> {
             );
         }
         vars.push(("skip", skip));
-        // `all` anywhere in the list skips everything. Checked here, not in
-        // matchConditions: those are evaluated without namespaceObject.
-        vars.push(("skip_all", "'all' in variables.skip".to_owned()));
         // One list for "every container" tests; the lists have distinct
         // schema types, hence dyn.
         vars.push((
@@ -147,19 +151,21 @@ impl Builder<'_> {
              variables.all.exists(c, has(c.securityContext) && c.securityContext.?windowsOptions.?hostProcess.orValue(false))"
                 .to_owned(),
         ));
-        for setting in Setting::ALL.into_iter().filter(|s| self.policy.enables(*s)) {
+        // One list, not a variable per setting: the API server evaluates each
+        // variable as a program of its own, at a fixed cost per program.
+        let switches = self.enabled().into_iter().map(|setting| {
             let skipped = format!(
                 "!({} in variables.skip)",
                 quote(&setting.name().to_lowercase())
             );
             // The API server rejects every Linux-only field on Windows pods.
-            let expr = if setting == Setting::RunAsNonRoot {
+            if setting == Setting::RunAsNonRoot {
                 skipped
             } else {
                 format!("{skipped} && !variables.windows")
-            };
-            vars.push((format!("on_{}", setting.name()), expr));
-        }
+            }
+        });
+        vars.push(("on", list(switches)));
         let pod = "object.spec.?securityContext";
         let unset_everywhere = |field: &str| {
             format!(
@@ -167,19 +173,22 @@ impl Builder<'_> {
             )
         };
         // A configured id is injected where the pod and every container leave it unset.
+        // Only when configured: a constant `false` variable would still cost a
+        // program evaluation wherever it is read.
         for (name, setting, configured) in [
             ("inject_uid", Setting::RunAsUser, self.policy.run_as_user),
             ("inject_gid", Setting::RunAsGroup, self.policy.run_as_group),
         ] {
-            let expr = match configured {
-                Some(_) => format!(
-                    "{} && {}",
-                    self.on(setting),
-                    unset_everywhere(setting.name())
-                ),
-                None => "false".to_owned(),
-            };
-            vars.push((name, expr));
+            if configured.is_some() {
+                vars.push((
+                    name,
+                    format!(
+                        "{} && {}",
+                        self.on(setting),
+                        unset_everywhere(setting.name())
+                    ),
+                ));
+            }
         }
         // The UID the pod runs as when a container sets none; -1 for none.
         let injected = self.policy.run_as_user.map_or("-1".to_owned(), |uid| {
@@ -210,16 +219,15 @@ impl Builder<'_> {
                 quote(LEGACY_SECCOMP_POD)
             ),
         ));
-        vars.push((
-            "fs_group",
-            match self.policy.fs_group {
-                Some(_) => format!(
+        if self.policy.fs_group.is_some() {
+            vars.push((
+                "fs_group",
+                format!(
                     "{} && !{pod}.?fsGroup.hasValue()",
                     self.on(Setting::FsGroup)
                 ),
-                None => "false".to_owned(),
-            },
-        ));
+            ));
+        }
         vars.push((
             "fs_group_change_policy",
             format!(
@@ -237,6 +245,7 @@ impl Builder<'_> {
         let applied: Vec<String> = self
             .applied_terms()
             .into_iter()
+            .filter(|(_, cond)| cond != "false")
             .map(|(setting, cond)| format!("({cond} ? [{}] : [])", quote(setting.name())))
             .collect();
         let applied = if applied.is_empty() {
@@ -255,7 +264,9 @@ impl Builder<'_> {
             "object.metadata.?annotations[?{}]",
             quote(ANNOTATION_WRITABLE_PATHS)
         );
-        vars.push(("wp_set", format!("{annotation}.hasValue()")));
+        // Tested where needed rather than held in a variable of its own: a pod
+        // without the annotation reads it once.
+        let wp_set = format!("{annotation}.hasValue()");
         // check_writable_path, in CEL: absolute, no `:`, no `//` (trailing
         // slashes allowed), no `.`/`..`, no control characters, not `/`, not
         // under a runtime-managed directory unless under a safe one.
@@ -272,8 +283,9 @@ impl Builder<'_> {
             runtime = below(&RUNTIME_MANAGED, &canon("p")),
             safe = below(&SAFE_BELOW_RUNTIME_MANAGED, &canon("p")),
         );
+        // Read only when the annotation is set (see `paths`).
         vars.push(("wp_valid", format!(
-                "variables.wp_set ? {annotation}.value().split(',').map(p, p.trim()).filter(p, {valid}).map(p, {}).distinct() : []",
+                "{annotation}.value().split(',').map(p, p.trim()).filter(p, {valid}).map(p, {}).distinct()",
                 canon("p")
             ),
         ));
@@ -281,7 +293,7 @@ impl Builder<'_> {
         vars.push((
             "paths",
             format!(
-                "variables.wp_set ? (size(variables.wp_valid) > {MAX_WRITABLE_PATHS} ? \
+                "{wp_set} ? (size(variables.wp_valid) > {MAX_WRITABLE_PATHS} ? \
                  variables.wp_valid.slice(0, {MAX_WRITABLE_PATHS}) : variables.wp_valid) : {}",
                 list(configured.iter().map(|p| quote(p)))
             ),
@@ -300,7 +312,7 @@ impl Builder<'_> {
             ),
         ));
         vars.push(("suffixes", format!(
-                "variables.wp_set ? variables.raw_suffixes.map(s, s == '' ? '' : '-' + (s.endsWith('-') ? s.substring(0, size(s) - 1) : s)) : {}",
+                "{wp_set} ? variables.raw_suffixes.map(s, s == '' ? '' : '-' + (s.endsWith('-') ? s.substring(0, size(s) - 1) : s)) : {}",
                 list(configured.iter().map(|p| quote(&volume_suffix(p))))
             ),
         ));
@@ -364,7 +376,7 @@ impl Builder<'_> {
         // Two containers' names can coincide only with two or more paths and a
         // container name holding a `-` (`a` + `-b-c` and `a-b` + `-c`): only
         // then are the names built and compared, which costs the most.
-        vars.push(("wanted_unique", "size(variables.paths) < 2 || !variables.all.exists(c, c.name.contains('-')) || \
+        vars.push(("wanted_unique", "!variables.all.exists(c, c.name.contains('-')) || \
              lists.range(size(variables.wanted)).all(j, j == 0 || variables.wanted[j] != variables.wanted[j - 1])"
                 .to_owned(),
         ));
@@ -373,7 +385,16 @@ impl Builder<'_> {
         vars.push(("ro", format!(
                 "lists.range(size(variables.all)).map(j, variables.d[j][{D_RO_WANT}] && variables.needed[j].all(k, \
                  size({name}) <= {MAX_LABEL} && !({name} in variables.taken) && \
-                 (variables.wanted_unique || size(variables.wanted.filter(w, w == {name})) == 1)))"
+                 (size(variables.paths) < 2 || variables.wanted_unique || \
+                 size(variables.wanted.filter(w, w == {name})) == 1)))"
+            ),
+        ));
+        // The names of the volumes the pod gets, in the webhook's order
+        // (containers, then init containers; paths in order), so a pod
+        // without volumes gets them in one operation.
+        vars.push(("new_volumes", format!(
+                "lists.range(size(object.spec.containers) + size(object.spec.?initContainers.orValue([])))\
+                 .filter(j, variables.ro[j]).map(j, variables.needed[j].map(k, {name})).flatten()"
             ),
         ));
     }
@@ -386,13 +407,17 @@ impl Builder<'_> {
             .map(|setting| {
                 let cond = match setting {
                     Setting::RunAsNonRoot => format!("(variables.rnr_pod || {})", any(D_RNR)),
-                    Setting::RunAsUser => "variables.inject_uid".to_owned(),
-                    Setting::RunAsGroup => "variables.inject_gid".to_owned(),
+                    Setting::RunAsUser => {
+                        configured(self.policy.run_as_user, "variables.inject_uid")
+                    }
+                    Setting::RunAsGroup => {
+                        configured(self.policy.run_as_group, "variables.inject_gid")
+                    }
                     Setting::SeccompProfile => "variables.seccomp".to_owned(),
                     Setting::AllowPrivilegeEscalation => any(D_APE),
                     Setting::Capabilities => any(D_CAPS),
                     Setting::ReadOnlyRootFilesystem => "variables.ro.exists(x, x)".to_owned(),
-                    Setting::FsGroup => "variables.fs_group".to_owned(),
+                    Setting::FsGroup => configured(self.policy.fs_group, "variables.fs_group"),
                     Setting::FsGroupChangePolicy => "variables.fs_group_change_policy".to_owned(),
                 };
                 (setting, cond)
@@ -447,12 +472,13 @@ impl Builder<'_> {
                 "({cond} ? [JSONPatch{{op: 'add', path: '{sc}/{key}', value: {value}}}] : [])"
             ));
         }
-        ops.push(
-            "(!object.spec.?volumes.hasValue() && \
-             lists.range(size(variables.all)).exists(j, variables.ro[j] && size(variables.needed[j]) > 0) ? \
-             [JSONPatch{op: 'add', path: '/spec/volumes', value: []}] : [])"
-                .to_owned(),
-        );
+        let volume = "Object.spec.volumes{name: n, emptyDir: Object.spec.volumes.emptyDir{}}";
+        ops.push(format!(
+            "(size(variables.new_volumes) == 0 ? [] : \
+             !object.spec.?volumes.hasValue() ? \
+             [JSONPatch{{op: 'add', path: '/spec/volumes', value: variables.new_volumes.map(n, {volume})}}] : \
+             variables.new_volumes.map(n, JSONPatch{{op: 'add', path: '/spec/volumes/-', value: {volume}}}))"
+        ));
         ops.join(" + ")
     }
 
@@ -468,9 +494,6 @@ impl Builder<'_> {
             format!("variables.needed[{offset}i]"),
         );
         let name = volume_name("c", "k");
-        let volume = format!(
-            "Object.spec.volumes{{name: {name}, emptyDir: Object.spec.volumes.emptyDir{{}}}}"
-        );
         let mount = format!("{{'name': {name}, 'mountPath': variables.paths[k]}}");
         // A container without a securityContext gets it whole, in one operation.
         let ty = format!("Object.spec.{list}.securityContext");
@@ -501,12 +524,12 @@ impl Builder<'_> {
                  ({rnr} || {ape} || {caps} || {ro} ? [JSONPatch{{op: 'add', path: {sc}, value: {whole}}}] : []) : \
                  ({fields}))"
             ),
+            // The volumes themselves: `new_volumes`, in the pod's operations.
             format!(
                 "({ro} && size({needed}) > 0 ? \
-                 (has(c.volumeMounts) ? [] : [JSONPatch{{op: 'add', path: {at} + '/volumeMounts', value: []}}]) + \
-                 {needed}.map(k, \
-                 [JSONPatch{{op: 'add', path: '/spec/volumes/-', value: {volume}}}, \
-                 JSONPatch{{op: 'add', path: {at} + '/volumeMounts/-', value: {mount}}}]).flatten() : [])"
+                 (has(c.volumeMounts) ? \
+                 {needed}.map(k, JSONPatch{{op: 'add', path: {at} + '/volumeMounts/-', value: {mount}}}) : \
+                 [JSONPatch{{op: 'add', path: {at} + '/volumeMounts', value: {needed}.map(k, {mount})}}]) : [])"
             ),
         ]
         .join(" + ")
@@ -602,7 +625,20 @@ impl Builder<'_> {
             ));
         }
         parts.push(self.annotation_ops());
-        format!("variables.skip_all ? [] : (\n{}\n)", parts.join(" +\n"))
+        // `all` anywhere in the skip list skips everything. Tested here, not in
+        // matchConditions: those are evaluated without namespaceObject.
+        format!(
+            "'all' in variables.skip ? [] : (\n{}\n)",
+            parts.join(" +\n")
+        )
+    }
+}
+
+/// `variable` when the configuration sets `value`, else the constant `false`.
+fn configured<T>(value: Option<T>, variable: &str) -> String {
+    match value {
+        Some(_) => variable.to_owned(),
+        None => "false".to_owned(),
     }
 }
 
@@ -709,9 +745,20 @@ mod tests {
             ..Policy::default()
         };
         let program = program(&policy);
-        let names: Vec<_> = program.variables.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.contains(&"on_capabilities"));
-        assert!(!names.contains(&"on_readOnlyRootFilesystem"));
+        let var = |name: &str| {
+            program
+                .variables
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, e)| e.clone())
+        };
+        // One switch, the enabled setting's; the unset ids get no variable.
+        assert_eq!(
+            var("on").unwrap(),
+            "[!('capabilities' in variables.skip) && !variables.windows]"
+        );
+        assert_eq!(var("inject_uid"), None);
+        assert_eq!(var("fs_group"), None);
         let applied = &program
             .variables
             .iter()
