@@ -67,7 +67,7 @@ pub const DIFFERENCES: [Difference; 7] = [
     Difference {
         name: COST,
         webhook: "handles pods of any size in linear time",
-        policy: "the cost grows linearly too, but past the API server's CEL budget (with the default configuration, a pod of 1,500 to 2,000 containers) a pod is admitted unhardened under failurePolicy Ignore, refused under Fail",
+        policy: "the cost grows linearly too, but past the API server's CEL budget (with the default configuration, a pod of 2,250 to 2,500 containers) a pod is admitted unhardened under failurePolicy Ignore, refused under Fail",
         configured: None,
     },
 ];
