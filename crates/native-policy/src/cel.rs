@@ -233,11 +233,7 @@ impl Builder<'_> {
             format!(
                 "{} && ({pod}.?fsGroup.hasValue() || {}) && !{pod}.?fsGroupChangePolicy.hasValue()",
                 self.on(Setting::FsGroupChangePolicy),
-                if self.policy.fs_group.is_some() {
-                    "variables.fs_group"
-                } else {
-                    "false"
-                }
+                configured(self.policy.fs_group, "variables.fs_group")
             ),
         ));
         self.writable_variables(&mut vars);
