@@ -106,6 +106,25 @@ fn bench(c: &mut Criterion) {
                     .map(|q| q.images.len())
             })
         });
+        // The server's path with lookups on and every image a numeric UID
+        // (so the result is the engine's own): one parse for both the query
+        // and the hardening.
+        let facts: kube_hardener_engine::ImageFacts =
+            kube_hardener_engine::image_query(&object, &ctx, &policy)
+                .map(|q| q.images)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|image| (image, kube_hardener_engine::ImageUser::Uid(1000)))
+                .collect();
+        group.bench_function("parse+image_query+harden", |b| {
+            b.iter(|| {
+                let parsed = kube_hardener_engine::parse(black_box(&object), &ctx, &policy)?;
+                let images = parsed.image_query()?.images.len();
+                Ok::<_, kube_hardener_engine::EngineError>(
+                    parsed.harden(Some(&facts)).patch.0.len() + images,
+                )
+            })
+        });
         group.finish();
     }
 }

@@ -155,12 +155,13 @@ fn run_rules<'v>(
 ) -> Result<Edits<'v>, EngineError> {
     let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
     let mut warnings = std::mem::take(&mut prepared.warnings);
+    let writable_paths = writable_paths(prepared, policy, &mut warnings);
     let rules = RuleInput {
         policy,
         skipped: prepared.skipped,
         pod: &pod,
         spec: prepared.layout.spec_tokens(),
-        writable_paths: writable_paths(prepared, policy, &mut warnings),
+        writable_paths: &writable_paths,
         legacy_seccomp: std::mem::take(&mut prepared.legacy_seccomp),
         images,
     };
@@ -170,21 +171,136 @@ fn run_rules<'v>(
     Ok(edits)
 }
 
+/// An object checked and its pod spec parsed once, for the two questions a
+/// caller with image lookups asks: which images decide `runAsNonRoot`
+/// ([`Parsed::image_query`]), then the hardening with what they run as
+/// ([`Parsed::harden`]). Asking both of one `Parsed` walks the pod once.
+#[derive(Debug)]
+pub struct Parsed<'v> {
+    state: ParsedState<'v>,
+}
+
+#[derive(Debug)]
+enum ParsedState<'v> {
+    /// Decided before any rule (another kind, excluded, opted out).
+    Done(Outcome),
+    Ready(Box<Ready<'v>>),
+}
+
+struct Ready<'v> {
+    object: &'v Value,
+    policy: &'v Policy,
+    prepared: Prepared<'v>,
+    pod: PodView<'v>,
+    writable_paths: Vec<&'v str>,
+}
+
+impl std::fmt::Debug for Ready<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("pod", &self.pod)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'v> Ready<'v> {
+    fn rules<'a>(
+        &'a self,
+        legacy_seccomp: LegacySeccomp<'v>,
+        images: Option<&'a crate::ImageFacts>,
+    ) -> RuleInput<'a, 'v> {
+        RuleInput {
+            policy: self.policy,
+            skipped: self.prepared.skipped,
+            pod: &self.pod,
+            spec: self.prepared.layout.spec_tokens(),
+            writable_paths: &self.writable_paths,
+            legacy_seccomp,
+            images,
+        }
+    }
+}
+
+pub(crate) fn parse<'v>(
+    object: &'v Value,
+    ctx: &Context<'_>,
+    policy: &'v Policy,
+) -> Result<Parsed<'v>, EngineError> {
+    let root = object.as_object().ok_or(EngineError::NotAnObject)?;
+    let mut prepared = match prepare(root, ctx, policy)? {
+        Start::Done(outcome) => {
+            return Ok(Parsed {
+                state: ParsedState::Done(outcome),
+            });
+        }
+        Start::Run(prepared) => prepared,
+    };
+    let pod = PodView::parse(prepared.spec, prepared.layout.spec_field)?;
+    let mut warnings = std::mem::take(&mut prepared.warnings);
+    let writable_paths = writable_paths(&prepared, policy, &mut warnings);
+    prepared.warnings = warnings;
+    Ok(Parsed {
+        state: ParsedState::Ready(Box::new(Ready {
+            object,
+            policy,
+            prepared,
+            pod,
+            writable_paths,
+        })),
+    })
+}
+
+impl<'v> Parsed<'v> {
+    /// The images whose user decides `runAsNonRoot`, and the architecture
+    /// the pod pins: what to resolve before [`Parsed::harden`].
+    pub fn image_query(&self) -> Result<ImageQuery, EngineError> {
+        let ready = match &self.state {
+            ParsedState::Done(_) => return Ok(ImageQuery::default()),
+            ParsedState::Ready(ready) => ready,
+        };
+        let spec_field = ready.prepared.layout.spec_field;
+        let arch = match shape::object(ready.prepared.spec, spec_field, "nodeSelector")? {
+            Some(selector) => selector
+                .get("kubernetes.io/arch")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            None => None,
+        };
+        // The same rule input as the hardening, so the query asks for exactly
+        // the images whose facts the rule reads.
+        let rules = ready.rules(ready.prepared.legacy_seccomp.clone(), None);
+        let images = rules::images_to_resolve(&rules)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Ok(ImageQuery { images, arch })
+    }
+
+    /// The hardening, with what the images run as (`None`: image awareness
+    /// off, `runAsNonRoot` decided as without it).
+    pub fn harden(self, images: Option<&crate::ImageFacts>) -> Outcome {
+        let mut ready = match self.state {
+            ParsedState::Done(outcome) => return outcome,
+            ParsedState::Ready(ready) => ready,
+        };
+        let legacy_seccomp = std::mem::take(&mut ready.prepared.legacy_seccomp);
+        let warnings = std::mem::take(&mut ready.prepared.warnings);
+        let mut edits = Edits::new(ready.object);
+        edits.warnings = warnings;
+        rules::harden_pod(&ready.rules(legacy_seccomp, images), &mut edits);
+        if !edits.applied.is_empty() {
+            annotate_applied(&ready.prepared, &mut edits);
+        }
+        finish(edits)
+    }
+}
+
 pub(crate) fn harden(
     object: &Value,
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<Outcome, EngineError> {
-    let root = object.as_object().ok_or(EngineError::NotAnObject)?;
-    let mut prepared = match prepare(root, ctx, policy)? {
-        Start::Done(outcome) => return Ok(outcome),
-        Start::Run(prepared) => prepared,
-    };
-    let mut edits = run_rules(object, &mut prepared, policy, ctx.images, rules::harden_pod)?;
-    if !edits.applied.is_empty() {
-        annotate_applied(&prepared, &mut edits);
-    }
-    Ok(finish(edits))
+    Ok(parse(object, ctx, policy)?.harden(ctx.images))
 }
 
 pub(crate) fn image_query(
@@ -192,28 +308,7 @@ pub(crate) fn image_query(
     ctx: &Context<'_>,
     policy: &Policy,
 ) -> Result<ImageQuery, EngineError> {
-    let root = object.as_object().ok_or(EngineError::NotAnObject)?;
-    let mut prepared = match prepare(root, ctx, policy)? {
-        Start::Done(_) => return Ok(ImageQuery::default()),
-        Start::Run(prepared) => prepared,
-    };
-    let arch = match shape::object(prepared.spec, prepared.layout.spec_field, "nodeSelector")? {
-        Some(selector) => selector
-            .get("kubernetes.io/arch")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        None => None,
-    };
-    let mut images = Vec::new();
-    // The same rule input as a hardening run, so the query asks for exactly
-    // the images whose facts the rule would read. Its edits are thrown away.
-    run_rules(object, &mut prepared, policy, None, |rules, _| {
-        images = rules::images_to_resolve(rules)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-    })?;
-    Ok(ImageQuery { images, arch })
+    parse(object, ctx, policy)?.image_query()
 }
 
 fn finish(edits: Edits<'_>) -> Outcome {

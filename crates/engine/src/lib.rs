@@ -22,6 +22,7 @@ mod shape;
 mod view;
 mod writable;
 
+pub use harden::Parsed;
 pub use image::{ImageFacts, ImagePolicy, ImageQuery, ImageUser, RootImages, UnknownImages};
 pub use outcome::{Disposition, Outcome, Warning, WarningKind};
 pub use policy::Policy;
@@ -80,6 +81,18 @@ pub fn harden(
     policy: &Policy,
 ) -> Result<Outcome, EngineError> {
     harden::harden(object, ctx, policy)
+}
+
+/// Checks `object` and parses its pod spec once, for a caller that asks
+/// [`Parsed::image_query`] and then [`Parsed::harden`] with the facts it
+/// resolved: one walk over the pod instead of one per question. `ctx.images`
+/// is not read here; the facts go to [`Parsed::harden`].
+pub fn parse<'v>(
+    object: &'v serde_json::Value,
+    ctx: &Context<'_>,
+    policy: &'v Policy,
+) -> Result<Parsed<'v>, EngineError> {
+    harden::parse(object, ctx, policy)
 }
 
 /// The images of `object` whose user decides `runAsNonRoot`, and the CPU

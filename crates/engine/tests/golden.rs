@@ -88,6 +88,23 @@ fn golden_files() {
         let mut output = input.clone();
         json_patch::patch(&mut output, &outcome.patch).unwrap_or_else(|e| panic!("{name}: {e}"));
 
+        // Asking the image query first (as the server does, from one parse)
+        // leaves the hardening exactly as it is without the question.
+        if !dir.join("old.yaml").exists() {
+            let parsed = kube_hardener_engine::parse(&input, &ctx, &policy).unwrap();
+            let query = parsed.image_query().unwrap();
+            assert_eq!(
+                query,
+                kube_hardener_engine::image_query(&input, &ctx, &policy).unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                parsed.harden(None),
+                outcome,
+                "{name}: the query changed the outcome"
+            );
+        }
+
         // Every hardened golden object is a fixed point.
         if outcome.disposition == Disposition::Hardened && !dir.join("old.yaml").exists() {
             let again = harden(&output, &ctx, &policy).unwrap();

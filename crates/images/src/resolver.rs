@@ -254,23 +254,33 @@ impl Resolver {
         arch: Option<&str>,
         pull_secrets: Option<&Credentials>,
     ) -> ImageFacts {
-        let deadline = tokio::time::Instant::now() + self.inner.config.budget;
-        let lookups = images
-            .iter()
-            .take(MAX_IMAGES_PER_REVIEW)
-            .map(|image| async move {
-                let login = pull_secrets.and_then(|secrets| {
-                    let reference: Reference = image.parse().ok()?;
-                    secrets.login_for(reference.resolve_registry())
-                });
-                let (user, source) = self.user_until(image, arch, login, deadline).await;
+        let mut facts = ImageFacts::new();
+        let mut misses = Vec::new();
+        // Cache hits (nearly every review) are answered here, without a
+        // future per image.
+        for image in images.iter().take(MAX_IMAGES_PER_REVIEW) {
+            let login = pull_secrets.and_then(|secrets| {
+                let reference: Reference = image.parse().ok()?;
+                secrets.login_for(reference.resolve_registry())
+            });
+            let key = Key::new(image, arch, login.as_ref());
+            match self.cached_key(&key) {
+                Some(user) => {
+                    self.inner.observer.answered(Source::Cache, &user);
+                    facts.insert(image.clone(), user);
+                }
+                None => misses.push((image, key, login)),
+            }
+        }
+        if !misses.is_empty() {
+            let deadline = tokio::time::Instant::now() + self.inner.config.budget;
+            let lookups = misses.into_iter().map(|(image, key, login)| async move {
+                let (user, source) = self.user_until(key, login, deadline).await;
                 self.inner.observer.answered(source, &user);
                 (image.clone(), user)
             });
-        let mut facts: ImageFacts = futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .collect();
+            facts.extend(futures::future::join_all(lookups).await);
+        }
         for image in images.iter().skip(MAX_IMAGES_PER_REVIEW) {
             facts.insert(
                 image.clone(),
@@ -315,15 +325,10 @@ impl Resolver {
 
     async fn user_until(
         &self,
-        image: &str,
-        arch: Option<&str>,
+        key: Key,
         login: Option<Login>,
         deadline: tokio::time::Instant,
     ) -> (ImageUser, Source) {
-        let key = Key::new(image, arch, login.as_ref());
-        if let Some(user) = self.cached_key(&key) {
-            return (user, Source::Cache);
-        }
         let pending = self.pending(key, login);
         match tokio::time::timeout_at(deadline, pending).await {
             Ok(user) => (user, Source::Registry),

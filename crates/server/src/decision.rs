@@ -1,16 +1,17 @@
 //! The review decision: what the engine is asked, with which namespace
 //! context and mode, and how its outcome becomes an answer.
 //!
-//! Split in two so that a large review can be computed off the HTTP threads:
-//! [`State::prepare`] (async: classify, exclusions, the namespace lookup) and
-//! [`Prepared::compute`] (synchronous and CPU-bound: the engine and the
-//! answer).
+//! [`State::prepare`] (async: classify, exclusions, the namespace lookup)
+//! comes first. A small review is then decided on the HTTP worker by
+//! [`State::decide`], which parses the object once for the image query and
+//! the hardening; a large one runs its image query and [`Prepared::compute`]
+//! (synchronous and CPU-bound) on blocking threads.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 
 use kube_hardener_engine::{
-    Context, Disposition, ImageFacts, Outcome, Policy, Setting, WarningKind,
+    Context, Disposition, ImageFacts, ImageQuery, Outcome, Policy, Setting, WarningKind,
 };
 
 use crate::admission::{self, Answer, Mode, Review, Target};
@@ -122,13 +123,12 @@ impl Decision {
     }
 }
 
-/// A review ready for the engine: everything asynchronous is done.
+/// A review ready for the engine: classified, not excluded, its namespace
+/// looked up.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     target: Target,
     lookup: Option<Lookup>,
-    /// What the object's images run as, when image lookups are on.
-    images: Option<ImageFacts>,
 }
 
 impl State {
@@ -153,36 +153,61 @@ impl State {
         if let Some(lookup) = &lookup {
             self.count_lookup(review, lookup);
         }
-        let images = self.image_facts(review, lookup.as_ref()).await;
-        Ok(Prepared {
-            target,
-            lookup,
-            images,
-        })
+        Ok(Prepared { target, lookup })
     }
 
-    /// Resolves the images whose user decides `runAsNonRoot`, within the
-    /// configured budget. The engine says which (none for an excluded or
-    /// opted-out namespace, a switched-off setting, a malformed object).
-    async fn image_facts(&self, review: &Review, lookup: Option<&Lookup>) -> Option<ImageFacts> {
-        let resolver = self.images.as_ref()?;
-        let ctx = Context {
-            namespace: (!review.namespace.is_empty()).then_some(review.namespace.as_str()),
-            namespace_annotations: lookup.and_then(Lookup::annotations),
-            images: None,
+    /// Decides a small review where it arrived. A pod (template) is parsed
+    /// once: the engine's image query and its hardening read the same parse,
+    /// and the images are resolved in between.
+    pub(crate) async fn decide(&self, review: &Review, prepared: Prepared) -> Decision {
+        let Some(object) = &review.object else {
+            return Decision::error("the request has no `object`".to_owned());
         };
-        let query =
-            kube_hardener_engine::image_query(review.object.as_ref()?, &ctx, &self.policy).ok()?;
+        if prepared.target == Target::EphemeralContainers {
+            let query = self.image_query(review, &prepared);
+            let images = self.resolve(review, query).await;
+            return prepared.compute(review, images.as_ref(), &self.policy, self.audit);
+        }
+        let ctx = prepared.context(review, None);
+        let parsed = match guarded(|| kube_hardener_engine::parse(object, &ctx, &self.policy)) {
+            Ok(parsed) => parsed,
+            Err(detail) => return prepared.conclude(Err(detail), self.audit),
+        };
+        // A query that fails (a malformed `nodeSelector`) leaves image
+        // awareness out of this review, as for a resolver that is off.
+        let query = self
+            .images
+            .as_ref()
+            .and_then(|_| guarded(|| parsed.image_query()).ok());
+        let images = self.resolve(review, query).await;
+        let computed = guarded(|| Ok(parsed.harden(images.as_ref())));
+        prepared.conclude(computed, self.audit)
+    }
+
+    /// The engine's image query for a review on its own parse (none when
+    /// image lookups are off or the object is malformed): for the reviews
+    /// that do not go through [`State::decide`].
+    pub(crate) fn image_query(&self, review: &Review, prepared: &Prepared) -> Option<ImageQuery> {
+        self.images.as_ref()?;
+        let ctx = prepared.context(review, None);
+        kube_hardener_engine::image_query(review.object.as_ref()?, &ctx, &self.policy).ok()
+    }
+
+    /// Resolves the images of `query` (none: image lookups are off or the
+    /// engine asked nothing) within the configured budget.
+    pub(crate) async fn resolve(
+        &self,
+        review: &Review,
+        query: Option<ImageQuery>,
+    ) -> Option<ImageFacts> {
+        let resolver = self.images.as_ref()?;
+        let query = query?;
         if query.images.is_empty() {
             return Some(ImageFacts::new());
         }
-        let pull_secrets = match &self.pull_secrets {
-            Some(secrets) => {
-                secrets
-                    .for_pod(&review.namespace, review.object.as_ref()?)
-                    .await
-            }
-            None => None,
+        let pull_secrets = match (&self.pull_secrets, &review.object) {
+            (Some(secrets), Some(object)) => secrets.for_pod(&review.namespace, object).await,
+            _ => None,
         };
         Some(
             resolver
@@ -193,19 +218,27 @@ impl State {
 }
 
 impl Prepared {
+    fn context<'a>(&'a self, review: &'a Review, images: Option<&'a ImageFacts>) -> Context<'a> {
+        Context {
+            namespace: (!review.namespace.is_empty()).then_some(review.namespace.as_str()),
+            namespace_annotations: self.lookup.as_ref().and_then(Lookup::annotations),
+            images,
+        }
+    }
+
     /// Runs the engine and turns its outcome into the answer. Synchronous and
     /// CPU-bound: large reviews run it on a blocking thread.
-    pub(crate) fn compute(self, review: &Review, policy: &Policy, audit: bool) -> Decision {
-        let annotations = self.lookup.as_ref().and_then(Lookup::annotations);
-        let (mode, mode_warning) = admission::effective_mode(audit, annotations);
+    pub(crate) fn compute(
+        self,
+        review: &Review,
+        images: Option<&ImageFacts>,
+        policy: &Policy,
+        audit: bool,
+    ) -> Decision {
         let Some(object) = &review.object else {
             return Decision::error("the request has no `object`".to_owned());
         };
-        let ctx = Context {
-            namespace: (!review.namespace.is_empty()).then_some(review.namespace.as_str()),
-            namespace_annotations: annotations,
-            images: self.images.as_ref(),
-        };
+        let ctx = self.context(review, images);
         let computed = match self.target {
             Target::EphemeralContainers => {
                 let Some(old) = &review.old_object else {
@@ -221,6 +254,13 @@ impl Prepared {
                 guarded(|| kube_hardener_engine::harden(object, &ctx, policy))
             }
         };
+        self.conclude(computed, audit)
+    }
+
+    /// The answer for an engine run, in the namespace's mode.
+    fn conclude(&self, computed: Result<Outcome, String>, audit: bool) -> Decision {
+        let annotations = self.lookup.as_ref().and_then(Lookup::annotations);
+        let (mode, mode_warning) = admission::effective_mode(audit, annotations);
         match computed {
             Ok(outcome) => answer(outcome, mode, mode_warning),
             Err(detail) => Decision::error(detail),
@@ -327,9 +367,9 @@ fn answer(outcome: Outcome, mode: Mode, mode_warning: Option<String>) -> Decisio
 
 /// Runs the engine, turning both its errors and a panic into an error
 /// outcome: a bug in one rule must not turn into a failed pod creation.
-fn guarded<F>(compute: F) -> Result<Outcome, String>
+fn guarded<T, F>(compute: F) -> Result<T, String>
 where
-    F: FnOnce() -> Result<Outcome, kube_hardener_engine::EngineError>,
+    F: FnOnce() -> Result<T, kube_hardener_engine::EngineError>,
 {
     match std::panic::catch_unwind(AssertUnwindSafe(compute)) {
         Ok(Ok(outcome)) => Ok(outcome),
@@ -352,9 +392,10 @@ mod tests {
 
     #[test]
     fn engine_panics_become_error_outcomes() {
-        let result = guarded(|| panic!("boom"));
+        let result: Result<Outcome, String> = guarded(|| panic!("boom"));
         assert_eq!(result.unwrap_err(), "internal error in the engine: boom");
-        let result = guarded(|| Err(kube_hardener_engine::EngineError::NotAnObject));
+        let result: Result<Outcome, String> =
+            guarded(|| Err(kube_hardener_engine::EngineError::NotAnObject));
         assert_eq!(
             result.unwrap_err(),
             "the object cannot be hardened: the object is not a JSON object"

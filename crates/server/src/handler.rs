@@ -14,7 +14,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::admission::{self, Review};
 use crate::body::{Rejection, read_body};
-use crate::decision::Decision;
+use crate::decision::{Decision, Prepared};
 use crate::state::State;
 use crate::telemetry::{MAX_ECHOED_CHARS, MAX_LOGGED_CHARS, printable};
 
@@ -56,23 +56,46 @@ pub(crate) async fn mutate(
     };
     let decision = match state.prepare(&review).await {
         Err(decision) => decision,
-        Ok(prepared) if heavy => {
-            let (state_for_work, review_for_work) = (state.clone(), Arc::clone(&review));
-            offload(&state, move || {
-                prepared.compute(
-                    &review_for_work,
-                    &state_for_work.policy,
-                    state_for_work.audit,
-                )
-            })
-            .await
-            .unwrap_or_else(Decision::error)
-        }
-        Ok(prepared) => prepared.compute(&review, &state.policy, state.audit),
+        Ok(prepared) if heavy => decide_offloaded(&state, &review, prepared).await,
+        Ok(prepared) => state.decide(&review, prepared).await,
     };
     let rendered = admission::render(&review.uid, &decision.answer);
     state.record(&review, &decision, started.elapsed());
     respond(&review, rendered)
+}
+
+/// A large review: its image query and its engine run each go to a
+/// blocking thread, and the images are resolved in between.
+async fn decide_offloaded(
+    state: &web::Data<State>,
+    review: &Arc<Review>,
+    prepared: Prepared,
+) -> Decision {
+    let (prepared, images) = if state.images.is_some() {
+        let (state_for_work, review_for_work) = (state.clone(), Arc::clone(review));
+        let queried = offload(state, move || {
+            let query = state_for_work.image_query(&review_for_work, &prepared);
+            (prepared, query)
+        })
+        .await;
+        match queried {
+            Ok((prepared, query)) => (prepared, state.resolve(review, query).await),
+            Err(error) => return Decision::error(error),
+        }
+    } else {
+        (prepared, None)
+    };
+    let (state_for_work, review_for_work) = (state.clone(), Arc::clone(review));
+    offload(state, move || {
+        prepared.compute(
+            &review_for_work,
+            images.as_ref(),
+            &state_for_work.policy,
+            state_for_work.audit,
+        )
+    })
+    .await
+    .unwrap_or_else(Decision::error)
 }
 
 fn respond(review: &Review, rendered: Result<Vec<u8>, serde_json::Error>) -> HttpResponse {

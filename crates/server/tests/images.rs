@@ -160,6 +160,33 @@ async fn each_image_gets_the_decision_its_user_calls_for() {
     );
 }
 
+/// Reviews from 64 KiB on take the other path (the image query and the
+/// engine on blocking threads): the same decisions must come out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_review_gets_the_same_image_decisions() {
+    let registry = registry_with_images().await;
+    let server = setup(&registry, RootImages::Skip, UnknownImages::Inject)
+        .start()
+        .await;
+    let images: Vec<String> = ["uid", "root"]
+        .iter()
+        .map(|tag| registry.image(&format!("kh/app:{tag}")))
+        .collect();
+    let mut object = pod(&images);
+    object["metadata"]["annotations"] = json!({"example.com/padding": "x".repeat(100 * 1024)});
+    let review = pod_create_review("big", "team-a", object.clone());
+    assert!(serde_json::to_vec(&review).unwrap().len() > 64 * 1024);
+    let response = server.post_review(&review).await.json();
+    let (out, warnings) = patched(&response, &object);
+    let context = |i: usize| out["spec"]["containers"][i]["securityContext"].clone();
+    assert_eq!(context(0)["runAsNonRoot"], json!(true), "{out:#}");
+    assert_eq!(context(1).get("runAsNonRoot"), None, "{out:#}");
+    assert!(
+        warnings.join("\n").contains("kh/app:root runs as root"),
+        "{warnings:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_as_user_and_skip_unknown_change_only_their_cases() {
     let registry = registry_with_images().await;

@@ -37,7 +37,7 @@ pub(crate) struct RuleInput<'a, 'v> {
     /// Pointer tokens of the pod spec.
     pub spec: Vec<Token>,
     /// Validated writable paths for this pod.
-    pub writable_paths: Vec<&'a str>,
+    pub writable_paths: &'a [&'a str],
     /// The pod's legacy seccomp annotations: explicit choices at their scope.
     pub legacy_seccomp: LegacySeccomp<'v>,
     /// What the pod's images run as, when resolved (see `crate::image`).
@@ -215,12 +215,13 @@ pub(crate) mod test_support {
     ) -> Run {
         let root = json!({ "spec": spec });
         let pod = PodView::parse(root["spec"].as_object().unwrap(), "spec").unwrap();
+        let writable_paths: Vec<&str> = policy.writable_paths.iter().map(String::as_str).collect();
         let rules = RuleInput {
             policy,
             skipped,
             pod: &pod,
             spec: vec![Token::Key("spec")],
-            writable_paths: policy.writable_paths.iter().map(String::as_str).collect(),
+            writable_paths: &writable_paths,
             legacy_seccomp: LegacySeccomp::default(),
             images,
         };

@@ -69,7 +69,7 @@ pub(super) fn container<'v>(
     let key = container.key();
     let volumes = rules.child(&rules.spec, "volumes");
     let mounts = rules.child(&container.tokens(&rules.spec), "volumeMounts");
-    for path in &rules.writable_paths {
+    for path in rules.writable_paths {
         if container.mounts(path) {
             continue;
         }
