@@ -181,6 +181,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Plain-HTTP listen address for /healthz, /readyz and /metrics.
     pub health_listen: String,
+    /// Bind both listeners with `SO_REUSEPORT`, so that two processes of the
+    /// same user can serve one port (host-network pods during a rolling update).
+    pub reuse_port: bool,
     /// PEM certificate chain and private key, reloaded when they change.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -220,6 +223,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "0.0.0.0:8443".to_owned(),
             health_listen: "0.0.0.0:8080".to_owned(),
+            reuse_port: false,
             tls_cert: PathBuf::from("/etc/kube-hardener/tls/tls.crt"),
             tls_key: PathBuf::from("/etc/kube-hardener/tls/tls.key"),
             workers: 0,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use kube_hardener_config::{Config, EntryPoint};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::deadlines::{Limits, Missed};
 use crate::metrics::{Metrics, ReasonLabels};
@@ -89,8 +90,8 @@ impl Webhook {
             Arc::clone(&metrics),
         )?;
 
-        let webhook_listener = bind("listen", &server.listen)?;
-        let health_listener = bind("health_listen", &server.health_listen)?;
+        let webhook_listener = bind("listen", &server.listen, server.reuse_port)?;
+        let health_listener = bind("health_listen", &server.health_listen, server.reuse_port)?;
         let webhook_addr = local_addr("listen", &webhook_listener)?;
         let health_addr = local_addr("health_listen", &health_listener)?;
 
@@ -280,12 +281,37 @@ async fn finish(
     }
 }
 
-fn bind(key: &'static str, addr: &str) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+/// Connections a listener queues before the process accepts them (the
+/// kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 1024;
+
+fn bind(key: &'static str, addr: &str, reuse_port: bool) -> Result<TcpListener, ServeError> {
+    let error = |source| ServeError::Bind {
         key,
         addr: addr.to_owned(),
         source,
-    })
+    };
+    if !reuse_port {
+        return TcpListener::bind(addr).map_err(error);
+    }
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an IP:port address",
+        ))
+    })?;
+    let socket = Socket::new(
+        Domain::for_address(parsed),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(error)?;
+    // As std does for every listener: a restarted process can bind at once.
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.set_reuse_port(true).map_err(error)?;
+    socket.bind(&parsed.into()).map_err(error)?;
+    socket.listen(BACKLOG).map_err(error)?;
+    Ok(socket.into())
 }
 
 fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, ServeError> {

@@ -1096,3 +1096,62 @@ async fn concurrent_reviews_each_get_their_own_answer() {
     }
     server.stop().await.unwrap();
 }
+
+/// Host-network pods: during a rolling update the old and the new replica
+/// listen on the same node port. With `server.reuse_port` the second process
+/// binds it too; when the first one stops, every new connection reaches the
+/// one that stays.
+#[actix_web::test]
+async fn reuse_port_lets_the_next_replica_share_the_port_and_take_over() {
+    let mut first = Setup::new();
+    let mut second = Setup::new();
+    // Both serve the second one's certificate, so one client trusts both.
+    for (from, to) in [
+        (second.certs.cert_path(), first.certs.cert_path()),
+        (second.certs.key_path(), first.certs.key_path()),
+    ] {
+        std::fs::copy(from, to).unwrap();
+    }
+    first.config.server.reuse_port = true;
+    let first = first.start().await;
+
+    // Without the option the port is taken.
+    let mut plain = support::test_config(&second.certs);
+    plain.server.listen = first.webhook.to_string();
+    let (store, _writer) = kube::runtime::reflector::store();
+    let source =
+        kube_hardener_server::NamespaceSource::from_store(store, None, Duration::from_millis(10));
+    let error = kube_hardener_server::Webhook::start(plain, source)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(&format!(
+            "cannot listen on {} (server.listen)",
+            first.webhook
+        )),
+        "{error}"
+    );
+
+    second.config.server.reuse_port = true;
+    second.config.server.listen = first.webhook.to_string();
+    second.config.server.health_listen = first.health.to_string();
+    let second = second.start().await;
+    assert_eq!(second.webhook, first.webhook);
+    for i in 0..8 {
+        let reply = second
+            .post_review(&with_uid(captured_review(), &format!("both-{i}")))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    first.stop().await.unwrap();
+    for i in 0..20 {
+        let uid = format!("after-{i}");
+        let reply = second.post_review(&with_uid(captured_review(), &uid)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(response(&reply.json())["uid"], uid.as_str());
+        assert_eq!(second.get_health("/healthz").await.status, 200);
+    }
+    second.stop().await.unwrap();
+}
