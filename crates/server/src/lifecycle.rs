@@ -58,6 +58,7 @@ pub struct Webhook {
     webhook: ServerTask,
     health: ServerTask,
     reloader: tokio::task::JoinHandle<()>,
+    drain: listener::Drain,
     shutdown: Arc<tokio::sync::Notify>,
     shutting_down: Arc<AtomicBool>,
 }
@@ -166,13 +167,12 @@ impl Webhook {
             },
             client_names: server.client_names.clone().into(),
         };
-        let webhook =
-            listener::webhook(webhook_listener, tls, state.clone(), options).map_err(|source| {
-                ServeError::Bind {
-                    key: "listen",
-                    addr: server.listen.clone(),
-                    source,
-                }
+        let drain = listener::Drain::new(Arc::clone(&shutting_down));
+        let webhook = listener::webhook(webhook_listener, tls, state.clone(), options, &drain)
+            .map_err(|source| ServeError::Bind {
+                key: "listen",
+                addr: server.listen.clone(),
+                source,
             })?;
 
         let health_state = state;
@@ -216,6 +216,7 @@ impl Webhook {
             reloader,
             shutdown: Arc::new(tokio::sync::Notify::new()),
             shutting_down,
+            drain,
         })
     }
 
@@ -234,8 +235,8 @@ impl Webhook {
     }
 
     /// Serves until the trigger fires, then stops accepting connections,
-    /// lets in-flight reviews finish (up to `shutdown_timeout_secs`) and
-    /// returns.
+    /// retires the open ones (see [`listener::Drain`]), lets in-flight
+    /// reviews finish (up to `shutdown_timeout_secs`) and returns.
     pub async fn wait(self) -> Result<(), ServeError> {
         let Webhook {
             webhook,
@@ -243,6 +244,7 @@ impl Webhook {
             reloader,
             shutdown,
             shutting_down,
+            drain,
             ..
         } = self;
         let mut webhook_task = webhook.task;
@@ -263,7 +265,11 @@ impl Webhook {
                 Err(join) => Err(ServeError::Server("webhook", std::io::Error::other(join))),
             };
         }
-        webhook.handle.stop(true).await;
+        // Sent at once: the listener closes now, the workers wait for their
+        // connections.
+        let stopped = webhook.handle.stop(true);
+        drain.finish().await;
+        stopped.await;
         // Health keeps answering (readyz 503) until the webhook has drained.
         health.handle.stop(true).await;
         finish("webhook", webhook_task).await?;

@@ -1064,12 +1064,50 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
 
     let started = std::time::Instant::now();
     server.stop().await.unwrap();
-    // Far below both the 120 s keep-alive and the 10 s shutdown timeout.
+    // The idle connection is given the 2 s drain, far below both the 120 s
+    // keep-alive and the 10 s shutdown timeout.
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The API server does not send a review again when the connection it took
+/// from its pool turns out closed: closing idle connections at the start of
+/// a shutdown loses the reviews that race with it. During the drain an idle
+/// connection stays open, its next review is answered, and that response
+/// closes it.
+#[actix_web::test]
+async fn during_shutdown_a_keep_alive_connection_is_retired_by_its_next_response() {
+    let server = start_default().await;
+    let body = serde_json::to_vec(&captured_review()).unwrap();
+    let mut pooled = server.tls().await;
+    pooled
+        .write_all(&support::keep_alive_request(&body))
+        .await
+        .unwrap();
+    let first = support::read_one_response(&mut pooled).await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_ne!(first.header("connection"), Some("close"));
+
+    server.shutdown();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            server.get_health("/readyz").await.status == 503
+        })
+        .await,
+        "the server never started shutting down"
+    );
+    pooled
+        .write_all(&support::keep_alive_request(&body))
+        .await
+        .unwrap();
+    let second = support::read_response(&mut pooled).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(second.header("connection"), Some("close"));
+    assert!(decoded_patch(&second.json()).is_some());
+    server.stop().await.unwrap();
 }
 
 #[actix_web::test]
