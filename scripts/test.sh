@@ -4,9 +4,11 @@
 #   2. the fast suites (`cargo test`: unit, golden, property and CLI tests);
 #   3. the end-to-end suite against a real kube-apiserver + etcd started on
 #      loopback (built from pinned Go modules on first use, then cached);
-#   4. the node suite: the same control plane plus a real node on this machine
+#   4. the node suites: the same control plane plus a real node on this machine
 #      (kubelet + containerd + runc, kube-controller-manager, kube-scheduler),
-#      where hardened pods are started. Needs root and Debian's containerd, runc,
+#      where hardened pods are started, and where kube-hardener itself is
+#      installed from its chart and its kustomize base, in an image assembled
+#      from the release binary. Needs root and Debian's containerd, runc,
 #      containernetworking-plugins and busybox-static (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,8 +40,12 @@ e2e/controlplane/build.sh --node >/dev/null
 step "end-to-end suite (cargo test -p kube-hardener-e2e) against the local control plane"
 e2e/controlplane/up.sh -- cargo test -p kube-hardener-e2e 2>&1 | tee -a "$results"
 
-step "node suite (cargo test -p kube-hardener-e2e --features node --test node) on the local cluster with a node"
-e2e/controlplane/up.sh --node -- cargo test -p kube-hardener-e2e --features node --test node 2>&1 | tee -a "$results"
+step "release build of kube-hardener, for the image the node runs it from"
+cargo build --release -p kube-hardener
+export KUBE_HARDENER_IMAGE_BIN="$PWD/target/release/kube-hardener"
+
+step "node suites (cargo test -p kube-hardener-e2e --features node --test node --test in_cluster) on the local cluster with a node"
+e2e/controlplane/up.sh --node -- cargo test -p kube-hardener-e2e --features node --test node --test in_cluster 2>&1 | tee -a "$results"
 
 step "all suites passed"
 # One closing line over every suite: "summary: N passed, N failed".

@@ -4,7 +4,8 @@
 # its applet links) and a passwd/group pair, under several image configs that
 # differ only in USER. The archive is what `ctr images import` takes.
 #
-#   e2e/controlplane/images.sh OUT.tar     # prints the image names on stdout
+#   e2e/controlplane/images.sh OUT.tar [KUBE_HARDENER_BIN]
+#                                          # prints the image names on stdout
 #
 # Images (all `imagePullPolicy: Never` in the tests):
 #   kh.test/pause:1          the pod sandbox (containerd's sandbox_image)
@@ -12,13 +13,22 @@
 #   kh.test/busybox:zero     USER 0
 #   kh.test/busybox:uid65532 USER 65532
 #   kh.test/busybox:named    USER app (uid 10001 in the image's /etc/passwd)
+#   kh.test/kube-hardener:e2e  with KUBE_HARDENER_BIN: that binary, the shared
+#                            libraries it links (as ldd finds them here), CA
+#                            certificates and a passwd entry for 65532; USER
+#                            65532:65532, as the Dockerfile's image
 set -euo pipefail
 
 log() { printf '[controlplane/images] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-[[ $# -eq 1 ]] || die "usage: $0 OUT.tar"
+[[ $# -eq 1 || $# -eq 2 ]] || die "usage: $0 OUT.tar [KUBE_HARDENER_BIN]"
 out="$1"
+hardener_bin="${2:-}"
+if [[ -n "$hardener_bin" ]]; then
+    [[ -x "$hardener_bin" ]] || die "$hardener_bin is not an executable"
+    command -v ldd >/dev/null 2>&1 || die "ldd is needed to find the libraries of $hardener_bin"
+fi
 busybox="${KUBE_HARDENER_BUSYBOX:-/bin/busybox}"
 [[ -x "$busybox" ]] || die "$busybox not found: install Debian's busybox-static"
 # A dynamically linked busybox would need its libraries inside the image.
@@ -56,19 +66,22 @@ blob() {
     printf '{"mediaType":"%s","digest":"sha256:%s","size":%s}' "$media_type" "$digest" "$size"
 }
 
-# Reproducible: same bytes on every run, so the digests are stable.
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=posix \
-    --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-    -C "$rootfs" -cf "$work/layer.tar" .
-diff_id="sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
-layer="$(blob "$work/layer.tar" application/vnd.oci.image.layer.v1.tar)"
+# layer ROOTFS: the one layer of the images that follow, in $layer and
+# $diff_id. Reproducible: same bytes on every run, so the digests are stable.
+layer() {
+    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 --format=posix \
+        --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+        -C "$1" -cf "$work/layer.tar" .
+    diff_id="sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
+    layer="$(blob "$work/layer.tar" application/vnd.oci.image.layer.v1.tar)"
+}
 
 manifests=()
-# image NAME USER CMD_JSON
+# image NAME USER CMD_JSON [ENTRYPOINT_JSON]: an image of the current layer.
 image() {
-    local name="$1" user="$2" cmd="$3" config manifest
-    printf '{"architecture":"%s","os":"linux","config":{"User":"%s","Env":["PATH=/bin"],"Cmd":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
-        "$arch" "$user" "$cmd" "$diff_id" >"$work/config.json"
+    local name="$1" user="$2" cmd="$3" entrypoint="${4:-null}" config manifest
+    printf '{"architecture":"%s","os":"linux","config":{"User":"%s","Env":["PATH=/bin"],"Entrypoint":%s,"Cmd":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+        "$arch" "$user" "$entrypoint" "$cmd" "$diff_id" >"$work/config.json"
     config="$(blob "$work/config.json" application/vnd.oci.image.config.v1+json)"
     printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s]}' \
         "$config" "$layer" >"$work/manifest.json"
@@ -77,11 +90,33 @@ image() {
     echo "$name"
 }
 
+layer "$rootfs"
 image kh.test/pause:1 "" '["sleep","2147483647"]'
 image kh.test/busybox:root "" '["sh"]'
 image kh.test/busybox:zero "0" '["sh"]'
 image kh.test/busybox:uid65532 "65532" '["sh"]'
 image kh.test/busybox:named "app" '["sh"]'
+
+if [[ -n "$hardener_bin" ]]; then
+    hardener="$work/hardener"
+    mkdir -p "$hardener/usr/local/bin" "$hardener/etc/ssl/certs" "$hardener/tmp"
+    install -m 0755 "$hardener_bin" "$hardener/usr/local/bin/kube-hardener"
+    # Every library at the path the dynamic loader looks for it (the loader
+    # itself included), as regular files.
+    for lib in $(ldd "$hardener_bin" | grep -o '/[^ ]*'); do
+        mkdir -p "$hardener$(dirname "$lib")"
+        cp -L "$lib" "$hardener$lib"
+    done
+    [[ -e "$hardener/lib64/ld-linux-x86-64.so.2" || -e "$hardener/lib/ld-linux-aarch64.so.1" ]] ||
+        die "ldd named no dynamic loader for $hardener_bin"
+    # For image lookups over TLS (images.resolve).
+    [[ -e /etc/ssl/certs/ca-certificates.crt ]] && cp /etc/ssl/certs/ca-certificates.crt "$hardener/etc/ssl/certs/"
+    chmod 1777 "$hardener/tmp"
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$hardener/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$hardener/etc/group"
+    layer "$hardener"
+    image kh.test/kube-hardener:e2e "65532:65532" '["serve"]' '["/usr/local/bin/kube-hardener"]'
+fi
 
 printf '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
 (IFS=,; printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}' "${manifests[*]}") \

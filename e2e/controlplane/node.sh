@@ -20,6 +20,8 @@ POD_BRIDGE=kh-br0
 NODE_LOCK=/run/lock/kube-hardener-e2e-node.lock
 # Images the node suite runs (images.sh); the sandbox image is containerd's pause.
 NODE_PAUSE_IMAGE=kh.test/pause:1
+# kube-hardener itself, from KUBE_HARDENER_IMAGE_BIN, for the in-cluster suite.
+NODE_HARDENER_IMAGE=kh.test/kube-hardener:e2e
 
 node_pids=()
 node_created=()   # host paths that did not exist before this run, removed at teardown
@@ -187,10 +189,13 @@ EOF
         ((SECONDS < deadline)) || { show_log_tail "$state/containerd.log"; die "containerd not answering within 30 s"; }
         sleep 0.2
     done
-    "$here/images.sh" "$state/images.tar" >"$state/images.txt"
+    "$here/images.sh" "$state/images.tar" ${KUBE_HARDENER_IMAGE_BIN:+"$KUBE_HARDENER_IMAGE_BIN"} >"$state/images.txt"
     ctr --address "$dir/containerd.sock" --namespace k8s.io images import --all-platforms "$state/images.tar" >"$state/images-import.log" 2>&1 ||
         { show_log_tail "$state/images-import.log"; die "importing the test images into containerd failed"; }
     log "imported $(wc -l <"$state/images.txt") test images"
+    if grep -qx "$NODE_HARDENER_IMAGE" "$state/images.txt"; then
+        export KUBE_HARDENER_E2E_IMAGE="$NODE_HARDENER_IMAGE"
+    fi
 }
 
 # A real registry on loopback holding the same test images, so that image
@@ -232,6 +237,8 @@ REGISTRY
     printf 'server = "https://%s"\n\n[host."https://%s"]\n  capabilities = ["pull", "resolve", "push"]\n  ca = "%s"\n' \
         "$NODE_REGISTRY" "$NODE_REGISTRY" "$pki/ca.crt" >"$dir/hosts/$NODE_REGISTRY/hosts.toml"
     while read -r image; do
+        # Image lookups are tested on the busybox images only.
+        [[ "$image" == "$NODE_HARDENER_IMAGE" ]] && continue
         name="$NODE_REGISTRY/kh/${image#kh.test/}"
         ctr --address "$state/containerd/containerd.sock" --namespace k8s.io images tag "$image" "$name" >/dev/null
         ctr --address "$state/containerd/containerd.sock" --namespace k8s.io images push \
@@ -310,6 +317,9 @@ evictionHard:
   nodefs.available: "1%"
   imagefs.available: "1%"
 serializeImagePulls: false
+# Secret volumes are refreshed at each pod sync: a renewed certificate reaches
+# the webhook pods within seconds instead of a minute.
+syncFrequency: 10s
 rotateCertificates: false
 serverTLSBootstrap: false
 EOF

@@ -11,6 +11,9 @@
 #                                          # containerd + runc + kubelet, with the
 #                                          # kube-controller-manager and kube-scheduler
 #                                          # (node.sh; needs root; exports KUBE_HARDENER_E2E_NODE)
+#                                          # With KUBE_HARDENER_IMAGE_BIN=PATH the node also
+#                                          # gets kh.test/kube-hardener:e2e built from that
+#                                          # binary (exports KUBE_HARDENER_E2E_IMAGE)
 #
 # Binaries come from build.sh's cache (built first when missing). Environment:
 #   KUBE_HARDENER_CACHE        cache root (see build.sh)
@@ -206,7 +209,9 @@ start_apiserver() {
     api_port="$(free_port)"
     log "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${api_port}"
     # Webhook calls go to loopback: a proxy inherited from the environment must not
-    # intercept them.
+    # intercept them. A webhook named by its Service is called at the Service's
+    # endpoints (aggregator routing), never at its ClusterIP: nothing here
+    # routes ClusterIPs, so such a call would leave the machine.
     env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy NO_PROXY='*' \
         "$CONTROLPLANE_DIR/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:${etcd_port}" \
@@ -222,6 +227,7 @@ start_apiserver() {
         --service-account-key-file="$pki/sa.pub" \
         --service-account-signing-key-file="$pki/sa.key" \
         --service-cluster-ip-range=10.96.0.0/24 \
+        --enable-aggregator-routing=true \
         --authorization-mode=Node,RBAC \
         --allow-privileged=true \
         --disable-admission-plugins=DefaultStorageClass,StorageObjectInUseProtection,PersistentVolumeClaimResize \
@@ -295,6 +301,8 @@ if ((with_node)); then
     export KUBE_HARDENER_E2E_REGISTRY="$NODE_REGISTRY"
     export KUBE_HARDENER_E2E_REGISTRY_CA="$pki/ca.crt"
 fi
+# Where pods on the host network reach the API server (for in-cluster installs).
+export KUBE_HARDENER_E2E_API_SERVER="127.0.0.1:${api_port}"
 
 export KUBECONFIG="$kubeconfig"
 # kubectl, and helm and promtool for the chart and alert suites.

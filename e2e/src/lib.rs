@@ -466,6 +466,45 @@ pub fn applied_annotation(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Creates plain pods `PREFIX-0`, `PREFIX-1`, … one after another, `pause`
+/// apart, until `max` or until `done` is set: each name with whether the stored
+/// pod was hardened, or the error its create met. With `dry_run` the API server
+/// admits each pod and stores none (on a cluster with a node, a stored pod
+/// would be scheduled and its image pulled).
+pub async fn create_plain_pods(
+    ns: std::sync::Arc<TestNamespace>,
+    prefix: String,
+    max: usize,
+    pause: Duration,
+    done: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    dry_run: bool,
+) -> Vec<(String, Result<bool>)> {
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    let mut results = Vec::new();
+    for i in 0..max {
+        if done
+            .as_ref()
+            .is_some_and(|done| done.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            break;
+        }
+        let name = format!("{prefix}-{i}");
+        let created = async {
+            ns.pods()
+                .create(&params, &pod(plain_pod(&name))?)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        results.push((name, created.map(|p| applied_annotation(&p).is_some())));
+        tokio::time::sleep(pause).await;
+    }
+    results
+}
+
 /// Waits until the API server calls the webhook for `namespace`: the
 /// configuration is picked up by the API server asynchronously after creation.
 /// Probes with server-side dry-run creates, which store nothing.

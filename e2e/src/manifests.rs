@@ -11,6 +11,22 @@ use serde_json::Value;
 
 use crate::kubectl;
 
+/// Copies the directory tree `from` to `to` (a copy of deploy/ to generate
+/// certificate files or write an overlay into, leaving the checkout as it is).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(command: &mut Command) -> Result<Output> {
     let output = command
         .output()

@@ -449,6 +449,54 @@ fn only_the_image_switches_let_kube_hardener_list_pods_or_get_secrets() -> Resul
 }
 
 #[test]
+fn host_network_needs_reuse_port_and_declares_no_host_ports() -> Result<()> {
+    let stderr = render_error(&["hostNetwork=true"])?;
+    assert!(
+        stderr.contains("hostNetwork: true needs server.reuse_port: true"),
+        "{stderr}"
+    );
+    let rendered = run(&mut template_with(&[
+        "hostNetwork=true",
+        "server.reuse_port=true",
+        "server.listen=0.0.0.0:9443",
+        "server.health_listen=0.0.0.0:9080",
+    ]))?;
+    let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+    let spec = &find(&docs, "Deployment", FULLNAME)?["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["dnsPolicy"], "ClusterFirstWithHostNet");
+    let container = &spec["containers"][0];
+    // A declared port would become a host port, and the scheduler would keep
+    // a rolling update's new pod off its old pod's node.
+    assert!(container.get("ports").is_none(), "{container}");
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], 9080, "{probe}");
+    }
+    assert_eq!(
+        find(&docs, "Service", FULLNAME)?["spec"]["ports"][0]["targetPort"],
+        9443
+    );
+    assert_eq!(
+        find(&docs, "Service", &format!("{FULLNAME}-metrics"))?["spec"]["ports"][0]["targetPort"],
+        9080
+    );
+    let config = config_of(&docs)?;
+    assert!(config.server.reuse_port);
+
+    // Off by default: named ports, as in the kustomize base.
+    let rendered = run(&mut template_with(&[]))?;
+    let docs = documents(&String::from_utf8(rendered.stdout)?)?;
+    let spec = &find(&docs, "Deployment", FULLNAME)?["spec"]["template"]["spec"];
+    assert!(spec.get("hostNetwork").is_none());
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["httpGet"]["port"],
+        "health"
+    );
+    assert!(!config_of(&docs)?.server.reuse_port);
+    Ok(())
+}
+
+#[test]
 fn a_misspelt_or_mistyped_value_fails_naming_it() -> Result<()> {
     for (set, named) in [
         ("hardening.run_as_usr=1000", "run_as_usr"),

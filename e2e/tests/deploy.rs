@@ -10,27 +10,13 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::DeleteParams;
 use kube_hardener_e2e::manifests::{
-    CERT_MANAGER_CRDS, apply, documents, dry_run_apply, find, install_crds, remove_crds,
+    CERT_MANAGER_CRDS, apply, copy_tree, documents, dry_run_apply, find, install_crds, remove_crds,
     retry_while, run,
 };
 use kube_hardener_e2e::{client, kubectl, workspace_root};
 use serde_json::Value;
 
 const NAMESPACE: &str = "kube-hardener";
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
 
 fn assert_applied(stdout: &str, objects: &[&str]) {
     for object in objects {
@@ -266,6 +252,7 @@ fn every_yaml_file_under_deploy_is_part_of_a_kustomization() -> Result<()> {
         "overlays/local-image",
         "components/image-warm-up",
         "components/pod-pull-secrets",
+        "components/host-network",
     ] {
         let dir = deploy.join(dir);
         let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))?;

@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube_hardener_e2e::{
     LocalWebhook, RegisterOptions, Registration, ServerOptions, TestNamespace, applied_annotation,
-    client, plain_pod, pod, to_json, wait_until_hardening,
+    client, create_plain_pods, plain_pod, pod, to_json, wait_until_hardening,
 };
 use serde_json::{Value, json};
 
@@ -202,38 +202,6 @@ async fn presented_certificate(server: &LocalWebhook, ca_pem: &str) -> Result<Ve
         .context("the server presented no certificate")
 }
 
-/// Creates plain pods `PREFIX-0`, `PREFIX-1`, … one after another, `pause`
-/// apart, until `max` or until `done` is set: each name with whether the stored
-/// pod was hardened, or the error its create met.
-async fn create_plain_pods(
-    ns: Arc<TestNamespace>,
-    prefix: String,
-    max: usize,
-    pause: Duration,
-    done: Option<Arc<std::sync::atomic::AtomicBool>>,
-) -> Vec<(String, Result<bool>)> {
-    let mut results = Vec::new();
-    for i in 0..max {
-        if done
-            .as_ref()
-            .is_some_and(|done| done.load(std::sync::atomic::Ordering::Relaxed))
-        {
-            break;
-        }
-        let name = format!("{prefix}-{i}");
-        let created = async {
-            ns.pods()
-                .create(&PostParams::default(), &pod(plain_pod(&name))?)
-                .await
-                .map_err(anyhow::Error::from)
-        }
-        .await;
-        results.push((name, created.map(|p| applied_annotation(&p).is_some())));
-        tokio::time::sleep(pause).await;
-    }
-    results
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_under_load_loses_no_admission() -> Result<()> {
     let client = client().await?;
@@ -256,6 +224,7 @@ async fn certificate_rotation_under_load_loses_no_admission() -> Result<()> {
                 PODS_PER_WRITER,
                 Duration::ZERO,
                 None,
+                false,
             ))
         })
         .collect();
@@ -375,6 +344,7 @@ async fn renewal_with_kube_hardener_certs_loses_no_admission() -> Result<()> {
         MAX_PODS,
         Duration::from_millis(50),
         Some(Arc::clone(&done)),
+        false,
     ));
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let apply_bundle = |bundle: String| {

@@ -37,6 +37,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
+  How Services and probes name a container port: by name, or by number with
+  hostNetwork, where the container declares no ports (a declared port would be
+  a host port, and the scheduler would keep a rolling update's new pod off the
+  node its old pod is on). Takes (list $ "webhook"|"health").
+*/}}
+{{- define "kube-hardener.portRef" -}}
+{{- $ := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- if $.Values.hostNetwork -}}
+{{- include "kube-hardener.port" (ternary $.Values.server.listen $.Values.server.health_listen (eq $name "webhook")) -}}
+{{- else -}}
+{{- $name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
   The configuration file: the three tables as the values give them, null keys
   left out (the binary's default applies). Helm reads every number in values as
   a float; the schema allows only integers where the configuration wants them,
