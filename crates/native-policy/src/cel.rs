@@ -16,6 +16,17 @@ use kube_hardener_engine::{
 /// The pod-level legacy seccomp annotation: an explicit choice at pod level.
 const LEGACY_SECCOMP_POD: &str = "seccomp.security.alpha.kubernetes.io/pod";
 
+/// Every field of the pod's securityContext that the program reads.
+const POD_FIELDS_READ: [&str; 7] = [
+    "runAsNonRoot",
+    "runAsUser",
+    "runAsGroup",
+    "fsGroup",
+    "fsGroupChangePolicy",
+    "seccompProfile",
+    "windowsOptions",
+];
+
 /// A CEL string literal (single-quoted; `\` and `'` escaped).
 pub(crate) fn quote(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -604,6 +615,208 @@ impl Builder<'_> {
         format!("!({})", terms.join(" && "))
     }
 
+    /// The plain pod's shortcut: no securityContext anywhere, only regular
+    /// containers, nothing at the writable paths, no `kh-` names, none of the
+    /// annotations the policy reads, and no opt-out on the namespace. That is
+    /// the pod this tool exists for, and for it every decision of the general
+    /// program is known from the configuration alone, so its operations are
+    /// written out directly and no variable is evaluated. `None` when the
+    /// configuration makes even that pod depend on the general program (a
+    /// configured UID 0).
+    ///
+    /// Returns (the test, the operations).
+    fn plain_pod(&self) -> Option<(String, String)> {
+        if self.policy.run_as_user == Some(0) {
+            return None;
+        }
+        let paths = configured_paths(self.policy);
+        let suffixes: Vec<String> = paths.iter().map(|p| volume_suffix(p)).collect();
+        let longest = suffixes.iter().map(String::len).max().unwrap_or(0);
+        let annotation =
+            |key: &str| format!("!object.metadata.?annotations[?{}].hasValue()", quote(key));
+        let mut pod_annotations = vec![
+            annotation(ANNOTATION_APPLIED),
+            annotation(ANNOTATION_WRITABLE_PATHS),
+            annotation(LEGACY_SECCOMP_POD),
+        ];
+        if self.policy.allow_pod_opt_out {
+            pod_annotations.push(annotation(ANNOTATION_SKIP));
+        }
+        let unclean = |x: &str, field: &str| {
+            format!(
+                "{x}.{field} in {paths} || {x}.{field}.endsWith('/') || {x}.{field}.contains('//') || {x}.{field}.contains('/.')",
+                paths = list(paths.iter().map(|p| quote(p)))
+            )
+        };
+        let mut container = vec![
+            "!has(c.securityContext)".to_owned(),
+            format!("size(c.name) <= {}", MAX_LABEL - "kh-".len() - longest),
+            format!(
+                "!c.?volumeMounts.orValue([]).exists(m, m.name.startsWith('kh-') || {})",
+                unclean("m", "mountPath")
+            ),
+            format!(
+                "!c.?volumeDevices.orValue([]).exists(d, {})",
+                unclean("d", "devicePath")
+            ),
+        ];
+        // Two containers' volume names can coincide only with two or more
+        // paths and a `-` in a container name (see `wanted_unique`).
+        if paths.len() > 1 {
+            container.push("!c.name.contains('-')".to_owned());
+        }
+        let test = [
+            format!(
+                "!namespaceObject.metadata.?annotations[?{}].hasValue()",
+                quote(ANNOTATION_SKIP)
+            ),
+            // The API server defaults an empty pod securityContext: test the
+            // fields the program reads.
+            POD_FIELDS_READ
+                .iter()
+                .map(|field| format!("!object.spec.?securityContext.?{field}.hasValue()"))
+                .collect::<Vec<_>>()
+                .join(" && "),
+            "!has(object.spec.initContainers) && !has(object.spec.ephemeralContainers) && \
+             !has(object.spec.os)"
+                .to_owned(),
+            pod_annotations.join(" && "),
+            "!object.spec.?volumes.orValue([]).exists(v, v.name.startsWith('kh-'))".to_owned(),
+            format!("object.spec.containers.all(c, {})", container.join(" && ")),
+        ]
+        .join(" && ");
+
+        let on = |setting: Setting| self.policy.enables(setting);
+        let mut ops = Vec::new();
+        // The pod's securityContext, whole (the general program adds `{}` and
+        // then each field: the same object).
+        let pod_ty = "Object.spec.securityContext";
+        let mut pod = Vec::new();
+        if on(Setting::RunAsNonRoot) {
+            pod.push("runAsNonRoot: true".to_owned());
+        }
+        if on(Setting::SeccompProfile) {
+            pod.push(format!(
+                "seccompProfile: {pod_ty}.seccompProfile{{type: 'RuntimeDefault'}}"
+            ));
+        }
+        for (setting, key, value) in [
+            (Setting::RunAsUser, "runAsUser", self.policy.run_as_user),
+            (Setting::RunAsGroup, "runAsGroup", self.policy.run_as_group),
+            (Setting::FsGroup, "fsGroup", self.policy.fs_group),
+        ] {
+            if let (true, Some(value)) = (on(setting), value) {
+                pod.push(format!("{key}: {value}"));
+            }
+        }
+        let fs_group = on(Setting::FsGroup) && self.policy.fs_group.is_some();
+        if fs_group && on(Setting::FsGroupChangePolicy) {
+            pod.push("fsGroupChangePolicy: 'OnRootMismatch'".to_owned());
+        }
+        if !pod.is_empty() {
+            let fields: Vec<String> = pod
+                .iter()
+                .filter_map(|field| field.split_once(": "))
+                .map(|(key, value)| {
+                    format!("JSONPatch{{op: 'add', path: '/spec/securityContext/{key}', value: {value}}}")
+                })
+                .collect();
+            ops.push(format!(
+                "(has(object.spec.securityContext) ? {} : \
+                 [JSONPatch{{op: 'add', path: '/spec/securityContext', value: {pod_ty}{{{}}}}}])",
+                list(fields),
+                pod.join(", ")
+            ));
+        }
+        let read_only = on(Setting::ReadOnlyRootFilesystem);
+        let names = |c: &str| -> Vec<String> {
+            suffixes
+                .iter()
+                .map(|suffix| format!("('kh-' + {c}.name + {})", quote(suffix)))
+                .collect()
+        };
+        if read_only && !paths.is_empty() {
+            let volume = |name: &str| {
+                format!(
+                    "Object.spec.volumes{{name: {name}, emptyDir: Object.spec.volumes.emptyDir{{}}}}"
+                )
+            };
+            let volumes = list(names("c").iter().map(|n| volume(n)));
+            ops.push(format!(
+                "(!has(object.spec.volumes) ? \
+                 [JSONPatch{{op: 'add', path: '/spec/volumes', value: object.spec.containers.map(c, {volumes}).flatten()}}] : \
+                 object.spec.containers.map(c, {volumes}).flatten().map(v, JSONPatch{{op: 'add', path: '/spec/volumes/-', value: v}}))"
+            ));
+        }
+        let ty = "Object.spec.containers.securityContext";
+        let mut fields = Vec::new();
+        if on(Setting::AllowPrivilegeEscalation) {
+            fields.push("allowPrivilegeEscalation: false".to_owned());
+        }
+        if on(Setting::Capabilities) {
+            fields.push(format!("capabilities: {ty}.capabilities{{drop: ['ALL']}}"));
+        }
+        if read_only {
+            fields.push("readOnlyRootFilesystem: true".to_owned());
+        }
+        let at = "'/spec/containers/' + string(i)";
+        let mut per_container = Vec::new();
+        if !fields.is_empty() {
+            per_container.push(format!(
+                "[JSONPatch{{op: 'add', path: {at} + '/securityContext', value: {ty}{{{}}}}}]",
+                fields.join(", ")
+            ));
+        }
+        if read_only && !paths.is_empty() {
+            let mounts: Vec<String> = names("c")
+                .iter()
+                .zip(&paths)
+                .map(|(name, path)| format!("{{'name': {name}, 'mountPath': {}}}", quote(path)))
+                .collect();
+            per_container.push(format!(
+                "(has(c.volumeMounts) ? \
+                 {}.map(m, JSONPatch{{op: 'add', path: {at} + '/volumeMounts/-', value: m}}) : \
+                 [JSONPatch{{op: 'add', path: {at} + '/volumeMounts', value: {}}}])",
+                list(mounts.iter().cloned()),
+                list(mounts.iter().cloned())
+            ));
+        }
+        if !per_container.is_empty() {
+            ops.push(format!(
+                "object.spec.containers.transformList(i, c, {}).flatten()",
+                per_container.join(" + ")
+            ));
+        }
+        // What the general program's `applied` holds for this pod, in the
+        // same order.
+        let applied: Vec<&str> = Setting::ALL
+            .into_iter()
+            .filter(|setting| match setting {
+                Setting::RunAsUser | Setting::RunAsGroup => on(*setting),
+                Setting::FsGroup => fs_group,
+                Setting::FsGroupChangePolicy => fs_group && on(*setting),
+                _ => on(*setting),
+            })
+            .map(Setting::name)
+            .collect();
+        if !applied.is_empty() {
+            let key = quote(ANNOTATION_APPLIED);
+            let value = quote(&applied.join(","));
+            ops.push(format!(
+                "(!has(object.metadata.annotations) ? \
+                 [JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{key}: {value}}}}}] : \
+                 [JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: {value}}}])",
+                pointer_token(ANNOTATION_APPLIED)
+            ));
+        }
+        let ops = if ops.is_empty() {
+            "[]".to_owned()
+        } else {
+            ops.join(" + ")
+        };
+        Some((test, ops))
+    }
+
     fn patch(&self) -> String {
         let mut parts = vec![self.pod_ops()];
         // `variables.all` lists containers first, then init containers.
@@ -623,10 +836,16 @@ impl Builder<'_> {
         parts.push(self.annotation_ops());
         // `all` anywhere in the skip list skips everything. Tested here, not in
         // matchConditions: those are evaluated without namespaceObject.
-        format!(
+        let general = format!(
             "'all' in variables.skip ? [] : (\n{}\n)",
             parts.join(" +\n")
-        )
+        );
+        match self.plain_pod() {
+            // Tested in place, not as a variable: a variable costs a program
+            // evaluation of its own.
+            Some((test, ops)) => format!("{test} ?\n{ops} :\n{general}"),
+            None => general,
+        }
     }
 }
 
@@ -732,6 +951,58 @@ mod tests {
             pointer_token("kube-hardener.io/applied"),
             "kube-hardener.io~1applied"
         );
+    }
+
+    #[test]
+    fn the_plain_pod_shortcut_follows_the_configuration() {
+        let shortcut = |policy: &Policy| Builder { policy }.plain_pod();
+        let (test, ops) = shortcut(&Policy::default()).unwrap();
+        // Every annotation and pod field the general program reads sends the
+        // pod there.
+        for read in [
+            ANNOTATION_APPLIED,
+            ANNOTATION_WRITABLE_PATHS,
+            LEGACY_SECCOMP_POD,
+            "securityContext.?windowsOptions",
+            "securityContext.?seccompProfile",
+            "initContainers",
+            "has(c.securityContext)",
+        ] {
+            assert!(test.contains(read), "{read}");
+        }
+        assert!(!test.contains(&format!(
+            "object.metadata.?annotations[?{}]",
+            quote(ANNOTATION_SKIP)
+        )));
+        assert!(ops.contains(
+            "'runAsNonRoot,seccompProfile,allowPrivilegeEscalation,capabilities,readOnlyRootFilesystem'"
+        ));
+        // `kh-` + name + `-tmp` within 63 characters.
+        assert!(test.contains("size(c.name) <= 56"));
+
+        let configured = Policy {
+            run_as_user: Some(1000),
+            fs_group: Some(2000),
+            allow_pod_opt_out: true,
+            settings: kube_hardener_engine::SettingSwitches::only(Setting::RunAsNonRoot),
+            ..Policy::default()
+        };
+        let (test, ops) = shortcut(&configured).unwrap();
+        assert!(test.contains(&format!(
+            "object.metadata.?annotations[?{}]",
+            quote(ANNOTATION_SKIP)
+        )));
+        assert!(ops.contains("'runAsNonRoot,runAsUser,fsGroup'"), "{ops}");
+        assert!(ops.contains("runAsUser: 1000") && ops.contains("fsGroup: 2000"));
+        assert!(!ops.contains("seccompProfile") && !ops.contains("volumes"));
+
+        // A configured UID 0 conflicts with runAsNonRoot: the general program decides.
+        let root = Policy {
+            run_as_user: Some(0),
+            ..Policy::default()
+        };
+        assert!(shortcut(&root).is_none());
+        assert!(!program(&root).patch.contains("size(c.name) <="));
     }
 
     #[test]
