@@ -12,6 +12,7 @@ mod bounded;
 mod credentials;
 mod distribution;
 mod layers;
+mod reference;
 mod resolver;
 mod user;
 

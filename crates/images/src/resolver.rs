@@ -15,6 +15,7 @@ use crate::bounded::Bounded;
 use crate::credentials::{Credentials, Login, read_bounded};
 use crate::distribution::Distribution;
 use crate::layers::{PasswdInLayer, find_passwd, is_gzip};
+use crate::reference;
 use crate::user::{ConfigUser, clip, merge_platforms, parse_config_user, resolve_name};
 
 /// The most platforms of one index looked at.
@@ -260,7 +261,7 @@ impl Resolver {
         // future per image.
         for image in images.iter().take(MAX_IMAGES_PER_REVIEW) {
             let login = pull_secrets.and_then(|secrets| {
-                let reference: Reference = image.parse().ok()?;
+                let reference = reference::parse(image).ok()?;
                 secrets.login_for(reference.resolve_registry())
             });
             let key = Key::new(image, arch, login.as_ref());
@@ -429,9 +430,8 @@ impl Resolver {
         arch: Option<&str>,
         login: Option<&Login>,
     ) -> Result<(ImageUser, Option<String>), String> {
-        let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
-            format!("not an image reference: {}", clip(&e.to_string()))
-        })?;
+        let reference = reference::parse(image)
+            .map_err(|e| format!("not an image reference: {}", clip(&e.to_string())))?;
         let registry = &self.inner.registry;
         let max_manifest = self.inner.config.max_config_bytes;
         // A tag whose digest's user is known needs only the digest.
