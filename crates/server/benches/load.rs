@@ -14,7 +14,8 @@
 //! `KH_BENCH_LOG_LEVEL` of the server (info), `KH_BENCH_HUGE=0` to skip the
 //! phase with 4 MiB pods in flight (for a baseline binary that cannot do it),
 //! `KH_BENCH_RESOLVE=0` to skip the image-lookup phase (it starts Debian's
-//! docker-registry on loopback). Targets only 127.0.0.1, every phase is bounded
+//! docker-registry on loopback; when it runs, the memory phase measures a
+//! server with lookups on as well). Targets only 127.0.0.1, every phase is bounded
 //! in time, and the server is stopped with SIGTERM at the end.
 
 use std::net::SocketAddr;
@@ -158,8 +159,13 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         );
     }
 
-    if settings.resolve {
-        resolve_phase(settings, &pki, phase).await?;
+    let lookups = if settings.resolve {
+        Some(Lookups::start().await?)
+    } else {
+        None
+    };
+    if let Some(lookups) = &lookups {
+        resolve_phase(lookups, settings, &pki, phase).await?;
     }
 
     if settings.huge {
@@ -174,20 +180,28 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
             .map(|i| format!("bench-ns-{i}"))
             .collect();
         let created = create_namespaces(&settings.kubeconfig, &names).await?;
-        let server = Server::start(settings, &pki, 1).await?;
-        let cached = server.metric("kube_hardener_namespace_cache_size").await?;
-        let idle = server.rss_kib()?;
-        let sampler = RssSampler::start(server.pid());
-        let sat = saturate(&server, &pki, settings.connections, phase).await?;
-        let rss_load = sampler.stop().await;
-        let exit = server.stop().await?;
-        println!(
-            "{created} namespaces created, {cached} cached: RSS idle {:.1} MiB, under load {:.1} MiB \
-             ({:.0} reviews/s, 1 worker) | SIGTERM exit: {exit}",
-            kib_to_mib(idle),
-            kib_to_mib(rss_load),
-            sat.rate()
-        );
+        // With lookups on as well when they are benchmarked: the first
+        // seconds of load then include the cold lookups of both images.
+        let mut arms = vec![("lookups off", Vec::new(), REVIEW)];
+        if let Some(lookups) = &lookups {
+            arms.push(("lookups on", lookups.env.clone(), lookups.review.as_str()));
+        }
+        for (label, env, review) in arms {
+            let server = Server::start_with(settings, &pki, 1, &env, review).await?;
+            let cached = server.metric("kube_hardener_namespace_cache_size").await?;
+            let idle = server.rss_kib()?;
+            let sampler = RssSampler::start(server.pid());
+            let sat = saturate(&server, &pki, settings.connections, phase).await?;
+            let rss_load = sampler.stop().await;
+            let exit = server.stop().await?;
+            println!(
+                "{created} namespaces created, {cached} cached, {label}: RSS idle {:.1} MiB, under load {:.1} MiB \
+                 ({:.0} reviews/s, 1 worker) | SIGTERM exit: {exit}",
+                kib_to_mib(idle),
+                kib_to_mib(rss_load),
+                sat.rate()
+            );
+        }
     }
     Ok(())
 }
@@ -233,41 +247,68 @@ async fn measure(
     })
 }
 
+/// A loopback registry holding the captured review's two images (both
+/// `USER 65532`), the review naming them there, and the environment that
+/// turns lookups on against it.
+struct Lookups {
+    review: String,
+    env: Vec<(&'static str, String)>,
+    _registry: kube_hardener_testkit::registry::Registry,
+    _dir: tempfile::TempDir,
+}
+
+impl Lookups {
+    async fn start() -> anyhow::Result<Lookups> {
+        use kube_hardener_testkit::registry::{Registry, TestImage};
+        let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
+        let mut review = REVIEW.to_owned();
+        for (from, to) in [
+            ("registry.example/team-a/web:1.27.3", "kh/web:1"),
+            ("registry.example/platform/shipper:3.1.0", "kh/shipper:1"),
+        ] {
+            if !review.contains(from) {
+                bail!("the captured review no longer names {from}");
+            }
+            registry
+                .push(to, &TestImage::new(Some("65532"), &[]))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            review = review.replace(from, &format!("{}/{to}", registry.host));
+        }
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("registry-ca.crt");
+        std::fs::write(&ca, &registry.ca_pem)?;
+        let env = vec![
+            ("KUBE_HARDENER_IMAGES__RESOLVE", "true".to_owned()),
+            ("KUBE_HARDENER_IMAGES__CA_FILE", ca.display().to_string()),
+        ];
+        Ok(Lookups {
+            review,
+            env,
+            _registry: registry,
+            _dir: dir,
+        })
+    }
+}
+
 /// What `images.resolve` costs a review once the cache holds the images: the
 /// same review (its two images moved to a loopback registry, both `USER
 /// 65532`) against a server with lookups off and one with lookups on, in
 /// turn, twice, so drift of the machine shows up as a difference between the
 /// two rounds rather than as a cost.
-async fn resolve_phase(settings: &Settings, pki: &Pki, phase: Duration) -> anyhow::Result<()> {
-    use kube_hardener_testkit::registry::{Registry, TestImage};
-    let registry = Registry::anonymous().map_err(anyhow::Error::msg)?;
-    let mut review = REVIEW.to_owned();
-    for (from, to) in [
-        ("registry.example/team-a/web:1.27.3", "kh/web:1"),
-        ("registry.example/platform/shipper:3.1.0", "kh/shipper:1"),
-    ] {
-        if !review.contains(from) {
-            bail!("the captured review no longer names {from}");
-        }
-        registry
-            .push(to, &TestImage::new(Some("65532"), &[]))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        review = review.replace(from, &format!("{}/{to}", registry.host));
-    }
-    let dir = tempfile::tempdir()?;
-    let ca = dir.path().join("registry-ca.crt");
-    std::fs::write(&ca, &registry.ca_pem)?;
-    let on = vec![
-        ("KUBE_HARDENER_IMAGES__RESOLVE", "true".to_owned()),
-        ("KUBE_HARDENER_IMAGES__CA_FILE", ca.display().to_string()),
-    ];
+async fn resolve_phase(
+    lookups: &Lookups,
+    settings: &Settings,
+    pki: &Pki,
+    phase: Duration,
+) -> anyhow::Result<()> {
+    let (review, on) = (&lookups.review, &lookups.env);
     for round in 1..=2 {
         for (label, env) in [
             ("resolve off", Vec::new()),
             ("resolve on, cache warm", on.clone()),
         ] {
-            let server = Server::start_with(settings, pki, 2, &env, &review).await?;
+            let server = Server::start_with(settings, pki, 2, &env, review).await?;
             // Warm-up: connections, TLS sessions, and with lookups on the
             // first (cold) lookup of each image.
             saturate(&server, pki, settings.connections, Duration::from_secs(2)).await?;
