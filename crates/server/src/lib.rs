@@ -3,7 +3,7 @@
 //! The webhook listens on HTTPS (`POST /mutate`, `admission.k8s.io/v1`
 //! AdmissionReview) and, on a separate plain-HTTP listener, serves `/healthz`,
 //! `/readyz` and `/metrics`. Namespace annotations come from an in-memory
-//! reflector so a review never waits for the API server in the common case.
+//! cache fed by a watch, so a review never waits for the API server in the common case.
 
 // The review path, in the order a request takes it.
 mod admission; //       AdmissionReview in and out
@@ -32,7 +32,7 @@ use kube_hardener_config::{Config, ServerConfig};
 
 pub use admission::ANNOTATION_MODE;
 pub use lifecycle::{ServeError, ShutdownTrigger, Webhook};
-pub use namespaces::NamespaceSource;
+pub use namespaces::{NamespaceCache, NamespaceMeta, NamespaceSource};
 pub use tls::TlsError;
 
 /// Command-line arguments of `kube-hardener serve`; each one given overrides

@@ -190,13 +190,13 @@ impl Metrics {
         let namespace_cache_size = Gauge::default();
         registry.register(
             "namespace_cache_size",
-            "Namespaces held by the namespace reflector",
+            "Namespaces held by the namespace cache",
             namespace_cache_size.clone(),
         );
         let namespace_synced = Gauge::default();
         registry.register(
             "namespace_cache_synced",
-            "1 once the namespace reflector has completed its first list",
+            "1 once the namespace cache has completed its first list",
             namespace_synced.clone(),
         );
         let namespace_lookups = Family::<ResultLabels, Counter>::default();

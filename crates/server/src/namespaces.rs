@@ -1,17 +1,17 @@
-//! Namespace annotations for reviews, from an in-memory reflector over
-//! Namespace metadata, with one bounded GET for a namespace not yet seen.
+//! Namespace annotations for reviews, from an in-memory cache fed by a
+//! watch of Namespace metadata, with one bounded GET for a namespace not yet
+//! seen.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use prometheus_client::metrics::counter::Counter;
 
@@ -20,7 +20,103 @@ use prometheus_client::metrics::counter::Counter;
 /// labels) keeps memory flat with thousands of namespaces.
 const KEPT_ANNOTATION_PREFIX: &str = "kube-hardener.io/";
 
-pub(crate) type NamespaceMeta = PartialObjectMeta<Namespace>;
+/// A namespace as the metadata watch delivers it.
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// The annotations kept for one namespace: `None` when it has none of this
+/// webhook's (most namespaces), shared with every review that reads them.
+type Kept = Option<Arc<BTreeMap<String, String>>>;
+
+/// Namespace name → the annotations this webhook reads, and nothing else.
+/// kube-runtime's reflector store keeps a whole `ObjectMeta` in an `Arc` and
+/// an `ObjectRef` key per namespace: even trimmed to the name and these
+/// annotations, 10,000 namespaces took 10 MiB, against 5 MiB here
+/// (BENCHMARKS.md, "The namespace cache").
+/// Cheap to clone: the watch writes to the same cache the reviews read.
+#[derive(Clone, Default)]
+pub struct NamespaceCache {
+    state: Arc<RwLock<CacheState>>,
+    synced: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    names: HashMap<Box<str>, Kept>,
+    /// A relist in progress: it replaces `names` when complete, so a
+    /// namespace deleted while the watch was down does not linger.
+    relist: Option<HashMap<Box<str>, Kept>>,
+}
+
+impl fmt::Debug for NamespaceCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamespaceCache")
+            .field("namespaces", &self.len())
+            .field("synced", &self.synced.load(Ordering::Acquire))
+            .finish()
+    }
+}
+
+impl NamespaceCache {
+    /// Applies one watch event, as kube-runtime's reflector writer does.
+    pub fn apply_watcher_event(&self, event: &watcher::Event<NamespaceMeta>) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            watcher::Event::Init => state.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(meta) => {
+                if let (Some(relist), Some((name, kept))) = (state.relist.as_mut(), entry(meta)) {
+                    relist.insert(name, kept);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(mut names) = state.relist.take() {
+                    names.shrink_to_fit();
+                    state.names = names;
+                }
+                if !self.synced.swap(true, Ordering::AcqRel) {
+                    tracing::info!(namespaces = state.names.len(), "namespace cache synced");
+                }
+            }
+            watcher::Event::Apply(meta) => {
+                if let Some((name, kept)) = entry(meta) {
+                    state.names.insert(name, kept);
+                }
+            }
+            watcher::Event::Delete(meta) => {
+                if let Some(name) = meta.metadata.name.as_deref() {
+                    state.names.remove(name);
+                }
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Kept> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state.names.get(name).cloned()
+    }
+
+    fn len(&self) -> usize {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .names
+            .len()
+    }
+}
+
+/// The cache entry for a namespace; `None` for an object without a name.
+fn entry(meta: &NamespaceMeta) -> Option<(Box<str>, Kept)> {
+    let name = meta.metadata.name.as_deref()?;
+    Some((name.into(), kept(meta.metadata.annotations.as_ref())))
+}
+
+fn kept(annotations: Option<&BTreeMap<String, String>>) -> Kept {
+    let kept: BTreeMap<String, String> = annotations?
+        .iter()
+        .filter(|(key, _)| key.starts_with(KEPT_ANNOTATION_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    (!kept.is_empty()).then(|| Arc::new(kept))
+}
 
 /// How long the API server's "no such namespace" is remembered. Reviews for
 /// namespaces that do not exist come from callers other than the API server
@@ -36,8 +132,8 @@ const MAX_CONCURRENT_LOOKUPS: usize = 8;
 /// Where a review's namespace annotations came from.
 #[derive(Debug)]
 pub(crate) enum Lookup {
-    Cached(Arc<NamespaceMeta>),
-    Fetched(Box<NamespaceMeta>),
+    Cached(Kept),
+    Fetched(Kept),
     /// The API server says the namespace does not exist.
     NotFound,
     /// The API server said so less than [`NEGATIVE_TTL`] ago.
@@ -49,8 +145,7 @@ pub(crate) enum Lookup {
 impl Lookup {
     pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
         match self {
-            Lookup::Cached(meta) => meta.metadata.annotations.as_ref(),
-            Lookup::Fetched(meta) => meta.metadata.annotations.as_ref(),
+            Lookup::Cached(kept) | Lookup::Fetched(kept) => kept.as_deref(),
             Lookup::NotFound | Lookup::RecentlyNotFound | Lookup::Failed(_) => None,
         }
     }
@@ -60,8 +155,7 @@ impl Lookup {
 /// common case. Cheap to clone: every HTTP worker holds one.
 #[derive(Clone)]
 pub struct NamespaceSource {
-    store: Store<NamespaceMeta>,
-    synced: Arc<AtomicBool>,
+    cache: NamespaceCache,
     fallback: Option<Api<Namespace>>,
     lookup_timeout: Duration,
     watch_errors: Counter,
@@ -73,7 +167,7 @@ pub struct NamespaceSource {
 impl fmt::Debug for NamespaceSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NamespaceSource")
-            .field("cached", &self.store.len())
+            .field("cached", &self.cache.len())
             .field("synced", &self.is_synced())
             .field("fallback", &self.fallback.is_some())
             .field("lookup_timeout", &self.lookup_timeout)
@@ -82,55 +176,45 @@ impl fmt::Debug for NamespaceSource {
 }
 
 impl NamespaceSource {
-    /// Starts a metadata reflector over all namespaces on the current runtime.
+    /// Starts a metadata watch over all namespaces on the current runtime.
     /// Watch errors are logged, counted and retried with backoff; the cache
     /// keeps serving what it has meanwhile.
     pub fn watch(client: kube::Client, lookup_timeout: Duration) -> Self {
-        let (store, writer) = reflector::store::<NamespaceMeta>();
-        let source = NamespaceSource::from_store(store, Some(client.clone()), lookup_timeout);
+        let cache = NamespaceCache::default();
+        let source =
+            NamespaceSource::from_cache(cache.clone(), Some(client.clone()), lookup_timeout);
         let errors = source.watch_errors.clone();
         // An `Api` over `PartialObjectMeta` lists and watches metadata only.
         let stream = watcher(
             Api::<NamespaceMeta>::all(client),
             watcher::Config::default(),
         )
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer);
+        .default_backoff();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                if let Err(error) = event {
-                    errors.inc();
-                    tracing::warn!(%error, "namespace watch failed; retrying with backoff");
+                match event {
+                    Ok(event) => cache.apply_watcher_event(&event),
+                    Err(error) => {
+                        errors.inc();
+                        tracing::warn!(%error, "namespace watch failed; retrying with backoff");
+                    }
                 }
             }
         });
         source
     }
 
-    /// A source over any reflector store, e.g. one fed by a
-    /// [`reflector::store::Writer`] directly. `fallback` is the client for
-    /// namespaces missing from the store; without one they have no
-    /// annotations. Must be called within a Tokio runtime: readiness is
-    /// tracked by a task waiting for the store's first complete list.
-    pub fn from_store(
-        store: Store<NamespaceMeta>,
+    /// A source over `cache`, e.g. one fed watch events directly.
+    /// `fallback` is the client for namespaces missing from the cache;
+    /// without one they have no annotations.
+    pub fn from_cache(
+        cache: NamespaceCache,
         fallback: Option<kube::Client>,
         lookup_timeout: Duration,
     ) -> Self {
-        let synced = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&synced);
-        let waiting = store.clone();
-        tokio::spawn(async move {
-            if waiting.wait_until_ready().await.is_ok() {
-                flag.store(true, Ordering::Release);
-                tracing::info!(namespaces = waiting.len(), "namespace cache synced");
-            }
-        });
         NamespaceSource {
-            store,
-            synced,
+            cache,
             fallback: fallback.map(Api::all),
             lookup_timeout,
             watch_errors: Counter::default(),
@@ -139,17 +223,17 @@ impl NamespaceSource {
         }
     }
 
-    /// True once the first complete list of namespaces is in the store.
+    /// True once the first complete list of namespaces is in the cache.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.cache.synced.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {
-        self.store.len()
+        self.cache.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
+        self.len() == 0
     }
 
     /// The API client it was built with, if any.
@@ -162,8 +246,8 @@ impl NamespaceSource {
     }
 
     pub(crate) async fn lookup(&self, name: &str) -> Lookup {
-        if let Some(meta) = self.store.get(&ObjectRef::new(name)) {
-            return Lookup::Cached(meta);
+        if let Some(kept) = self.cache.get(name) {
+            return Lookup::Cached(kept);
         }
         let Some(api) = &self.fallback else {
             return Lookup::Failed("namespace not cached and no API client".to_owned());
@@ -177,10 +261,7 @@ impl NamespaceSource {
             api.get_metadata_opt(name).await
         };
         match tokio::time::timeout(self.lookup_timeout, fetch).await {
-            Ok(Ok(Some(mut meta))) => {
-                trim(&mut meta);
-                Lookup::Fetched(Box::new(meta))
-            }
+            Ok(Ok(Some(meta))) => Lookup::Fetched(kept(meta.metadata.annotations.as_ref())),
             Ok(Ok(None)) => {
                 self.remember_not_found(name, Instant::now());
                 Lookup::NotFound
@@ -227,22 +308,6 @@ impl NamespaceSource {
     }
 }
 
-/// Keeps only the name and the annotations this webhook reads. The store's
-/// keys compare by name alone, so dropping uid and resourceVersion is safe.
-fn trim(meta: &mut NamespaceMeta) {
-    let metadata = std::mem::take(&mut meta.metadata);
-    let annotations = metadata.annotations.and_then(|mut annotations| {
-        annotations.retain(|key, _| key.starts_with(KEPT_ANNOTATION_PREFIX));
-        (!annotations.is_empty()).then_some(annotations)
-    });
-    meta.metadata = kube::core::ObjectMeta {
-        name: metadata.name,
-        annotations,
-        ..kube::core::ObjectMeta::default()
-    };
-    meta.types = None;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,8 +332,8 @@ mod tests {
 
     #[tokio::test]
     async fn serves_cached_annotations_after_sync() {
-        let (store, mut writer) = reflector::store::<NamespaceMeta>();
-        let source = NamespaceSource::from_store(store, None, Duration::from_millis(50));
+        let writer = NamespaceCache::default();
+        let source = NamespaceSource::from_cache(writer.clone(), None, Duration::from_millis(50));
         assert!(!source.is_synced());
         writer.apply_watcher_event(&Event::Init);
         writer.apply_watcher_event(&Event::InitApply(namespace(
@@ -295,8 +360,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_negative_cache_expires_and_stays_bounded() {
-        let (store, _writer) = reflector::store::<NamespaceMeta>();
-        let source = NamespaceSource::from_store(store, None, Duration::from_millis(50));
+        let source =
+            NamespaceSource::from_cache(NamespaceCache::default(), None, Duration::from_millis(50));
         let start = Instant::now();
         source.remember_not_found("ghost", start);
         assert!(source.recently_not_found("ghost", start + Duration::from_secs(9)));
@@ -314,32 +379,58 @@ mod tests {
     }
 
     #[test]
-    fn trim_keeps_only_own_annotations() {
-        let mut meta = namespace(
+    fn only_this_webhooks_annotations_are_kept() {
+        let meta = namespace(
             "n",
             &[
                 ("kube-hardener.io/skip", "capabilities"),
                 ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
             ],
         );
-        meta.metadata.labels = Some(BTreeMap::from([("a".to_owned(), "b".to_owned())]));
-        meta.metadata.uid = Some("0b0c".to_owned());
-        meta.metadata.resource_version = Some("42".to_owned());
-        trim(&mut meta);
-        assert_eq!(meta.metadata.uid, None);
-        assert_eq!(meta.metadata.resource_version, None);
+        let (name, kept) = entry(&meta).unwrap();
+        assert_eq!(&*name, "n");
         assert_eq!(
-            meta.metadata.annotations,
-            Some(BTreeMap::from([(
+            kept.as_deref(),
+            Some(&BTreeMap::from([(
                 "kube-hardener.io/skip".to_owned(),
                 "capabilities".to_owned()
             )]))
         );
-        assert_eq!(meta.metadata.labels, None);
-        assert_eq!(meta.metadata.name.as_deref(), Some("n"));
+        assert_eq!(entry(&namespace("m", &[("owner", "x")])).unwrap().1, None);
+    }
 
-        let mut other = namespace("m", &[("owner", "x")]);
-        trim(&mut other);
-        assert_eq!(other.metadata.annotations, None);
+    #[test]
+    fn a_relist_replaces_the_cache_and_events_update_it() {
+        let cache = NamespaceCache::default();
+        cache.apply_watcher_event(&Event::Init);
+        cache.apply_watcher_event(&Event::InitApply(namespace("gone", &[])));
+        cache.apply_watcher_event(&Event::InitApply(namespace("kept", &[])));
+        // Not visible until the list is complete.
+        assert_eq!(cache.len(), 0);
+        assert!(!cache.synced.load(Ordering::Acquire));
+        cache.apply_watcher_event(&Event::InitDone);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.synced.load(Ordering::Acquire));
+
+        // The watch restarts; "gone" was deleted meanwhile. Until the relist
+        // completes the old entries keep serving.
+        cache.apply_watcher_event(&Event::Init);
+        cache.apply_watcher_event(&Event::InitApply(namespace(
+            "kept",
+            &[("kube-hardener.io/mode", "audit")],
+        )));
+        assert!(cache.get("gone").is_some());
+        cache.apply_watcher_event(&Event::InitDone);
+        assert!(cache.get("gone").is_none());
+        assert_eq!(
+            cache.get("kept").flatten().unwrap()["kube-hardener.io/mode"],
+            "audit"
+        );
+
+        cache.apply_watcher_event(&Event::Apply(namespace("new", &[])));
+        assert_eq!(cache.get("new"), Some(None));
+        cache.apply_watcher_event(&Event::Delete(namespace("kept", &[])));
+        assert!(cache.get("kept").is_none());
+        assert_eq!(cache.len(), 1);
     }
 }

@@ -462,9 +462,11 @@ async fn start_up_with_an_invalid_pair_fails_clearly() {
     std::fs::write(certs.cert_path(), cert).unwrap();
     std::fs::write(certs.key_path(), key).unwrap();
     let config = support::test_config(&certs);
-    let (store, _writer) = kube::runtime::reflector::store();
-    let source =
-        kube_hardener_server::NamespaceSource::from_store(store, None, Duration::from_millis(10));
+    let source = kube_hardener_server::NamespaceSource::from_cache(
+        kube_hardener_server::NamespaceCache::default(),
+        None,
+        Duration::from_millis(10),
+    );
     let error = kube_hardener_server::Webhook::start(config, source)
         .await
         .unwrap_err()
@@ -909,7 +911,7 @@ async fn unknown_namespace_falls_back_to_a_bounded_lookup() {
 async fn health_readiness_and_metrics() {
     let mut setup = Setup::new();
     setup.synced = false;
-    let mut server = setup.start().await;
+    let server = setup.start().await;
 
     let health = server.get_health("/healthz").await;
     assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
@@ -1025,9 +1027,11 @@ async fn bind_errors_name_the_key() {
     certs.write_plain(1);
     let mut config: Config = support::test_config(&certs);
     config.server.health_listen = "256.0.0.1:80".to_owned();
-    let (store, _writer) = kube::runtime::reflector::store();
-    let source =
-        kube_hardener_server::NamespaceSource::from_store(store, None, Duration::from_millis(10));
+    let source = kube_hardener_server::NamespaceSource::from_cache(
+        kube_hardener_server::NamespaceCache::default(),
+        None,
+        Duration::from_millis(10),
+    );
     let error = kube_hardener_server::Webhook::start(config, source)
         .await
         .unwrap_err()
@@ -1156,9 +1160,11 @@ async fn reuse_port_lets_the_next_replica_share_the_port_and_take_over() {
     // Without the option the port is taken.
     let mut plain = support::test_config(&second.certs);
     plain.server.listen = first.webhook.to_string();
-    let (store, _writer) = kube::runtime::reflector::store();
-    let source =
-        kube_hardener_server::NamespaceSource::from_store(store, None, Duration::from_millis(10));
+    let source = kube_hardener_server::NamespaceSource::from_cache(
+        kube_hardener_server::NamespaceCache::default(),
+        None,
+        Duration::from_millis(10),
+    );
     let error = kube_hardener_server::Webhook::start(plain, source)
         .await
         .unwrap_err()

@@ -1,5 +1,5 @@
 //! A webhook on loopback with real TLS, certificates from a throw-away CA, a
-//! namespace store fed directly by a reflector writer, and a minimal HTTP/1.1
+//! namespace cache fed watch events directly, and a minimal HTTP/1.1
 //! client that can also misbehave (partial headers, partial bodies).
 
 // Test fixtures: a failure here is a failed test, so panicking is the point.
@@ -14,10 +14,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::core::metadata::PartialObjectMetaExt as _;
-use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
 use kube_hardener_config::Config;
-use kube_hardener_server::{NamespaceSource, ServeError, ShutdownTrigger, Webhook};
+use kube_hardener_server::{NamespaceCache, NamespaceSource, ServeError, ShutdownTrigger, Webhook};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -122,7 +121,7 @@ impl Certs {
     }
 }
 
-/// A namespace as the metadata reflector sees it.
+/// A namespace as the metadata watch delivers it.
 pub fn namespace(name: &str, annotations: &[(&str, &str)]) -> NamespaceMeta {
     let mut meta = kube::core::ObjectMeta {
         name: Some(name.to_owned()),
@@ -154,7 +153,7 @@ pub struct TestServer {
     pub webhook: SocketAddr,
     pub health: SocketAddr,
     pub certs: Certs,
-    pub writer: Writer<NamespaceMeta>,
+    pub writer: NamespaceCache,
     trigger: ShutdownTrigger,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -183,7 +182,7 @@ impl Setup {
     }
 
     pub async fn start(self) -> TestServer {
-        let (store, mut writer) = reflector::store::<NamespaceMeta>();
+        let writer = NamespaceCache::default();
         if self.synced {
             writer.apply_watcher_event(&Event::Init);
             for ns in self.namespaces {
@@ -192,7 +191,7 @@ impl Setup {
             writer.apply_watcher_event(&Event::InitDone);
         }
         let timeout = Duration::from_millis(self.config.server.namespace_lookup_timeout_ms);
-        let source = NamespaceSource::from_store(store, self.fallback, timeout);
+        let source = NamespaceSource::from_cache(writer.clone(), self.fallback, timeout);
         let webhook = Webhook::start(self.config, source).await.unwrap();
         let (webhook_addr, health_addr) = (webhook.webhook_addr(), webhook.health_addr());
         let trigger = webhook.shutdown_trigger();
