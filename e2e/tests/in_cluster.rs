@@ -160,6 +160,26 @@ async fn webhook_pods(
         .collect())
 }
 
+/// Runs `command` (an upgrade or a restart of `deployment`), waits for the
+/// rollout, and checks that it replaced every webhook pod.
+async fn replaces_the_pods(
+    client: &kube::Client,
+    namespace: &str,
+    deployment: &str,
+    what: &str,
+    command: std::process::Command,
+) -> Result<()> {
+    let before = webhook_pods(client, namespace).await?;
+    run_blocking(command).await?;
+    rollout_status(namespace, deployment).await?;
+    let after = webhook_pods(client, namespace).await?;
+    ensure!(
+        after.iter().all(|pod| !before.contains(pod)),
+        "{what} did not replace the pods: {before:?} -> {after:?}"
+    );
+    Ok(())
+}
+
 /// How often a pod's log says it started serving a renewed certificate.
 async fn reloads(namespace: &str, pod: &str) -> Result<usize> {
     let output = run_blocking(kubectl_in(namespace, &["logs", pod])).await?;
@@ -345,30 +365,25 @@ async fn the_chart_hardens_through_upgrade_restart_and_renewal_and_uninstalls_cl
         let writer = Writer::start(&target, "helm");
 
         // An upgrade that changes the pod template rolls both replicas.
-        let first = webhook_pods(&client, &ns).await?;
-        run_blocking(helm(
-            "upgrade",
-            &["--set", "podAnnotations.e2e-rollout=upgrade"],
-        ))
-        .await?;
-        rollout_status(&ns, deployment).await?;
-        let upgraded = webhook_pods(&client, &ns).await?;
-        ensure!(
-            upgraded.iter().all(|pod| !first.contains(pod)),
-            "helm upgrade did not replace the pods: {first:?} -> {upgraded:?}"
-        );
-
-        run_blocking(kubectl_in(
+        replaces_the_pods(
+            &client,
             &ns,
-            &["rollout", "restart", &format!("deployment/{deployment}")],
-        ))
+            deployment,
+            "helm upgrade",
+            helm("upgrade", &["--set", "podAnnotations.e2e-rollout=upgrade"]),
+        )
         .await?;
-        rollout_status(&ns, deployment).await?;
-        let restarted = webhook_pods(&client, &ns).await?;
-        ensure!(
-            restarted.iter().all(|pod| !upgraded.contains(pod)),
-            "rollout restart did not replace the pods: {upgraded:?} -> {restarted:?}"
-        );
+        replaces_the_pods(
+            &client,
+            &ns,
+            deployment,
+            "rollout restart",
+            kubectl_in(
+                &ns,
+                &["rollout", "restart", &format!("deployment/{deployment}")],
+            ),
+        )
+        .await?;
 
         // Renewal: past renew-after, an upgrade issues a new certificate from
         // the same CA; the pods reload it from the Secret volume.
@@ -525,18 +540,14 @@ async fn the_kustomize_base_hardens_through_restart_and_renewal_and_deletes_clea
         wait_until_hardening(&target).await?;
         let writer = Writer::start(&target, "base");
 
-        let first = webhook_pods(&client, ns).await?;
-        run_blocking(kubectl_in(
+        replaces_the_pods(
+            &client,
             ns,
-            &["rollout", "restart", "deployment/kube-hardener"],
-        ))
+            "kube-hardener",
+            "rollout restart",
+            kubectl_in(ns, &["rollout", "restart", "deployment/kube-hardener"]),
+        )
         .await?;
-        rollout_status(ns, "kube-hardener").await?;
-        let restarted = webhook_pods(&client, ns).await?;
-        ensure!(
-            restarted.iter().all(|pod| !first.contains(pod)),
-            "rollout restart did not replace the pods: {first:?} -> {restarted:?}"
-        );
 
         // Renewal as docs/deploy.md says: certs again (same CA), apply again.
         certs(&generated)?;

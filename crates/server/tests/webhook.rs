@@ -462,15 +462,7 @@ async fn start_up_with_an_invalid_pair_fails_clearly() {
     std::fs::write(certs.cert_path(), cert).unwrap();
     std::fs::write(certs.key_path(), key).unwrap();
     let config = support::test_config(&certs);
-    let source = kube_hardener_server::NamespaceSource::from_cache(
-        kube_hardener_server::NamespaceCache::default(),
-        None,
-        Duration::from_millis(10),
-    );
-    let error = kube_hardener_server::Webhook::start(config, source)
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = support::start_error(config).await;
     assert!(
         error.contains("tls.key cannot be used with the certificate in"),
         "{error}"
@@ -1027,15 +1019,7 @@ async fn bind_errors_name_the_key() {
     certs.write_plain(1);
     let mut config: Config = support::test_config(&certs);
     config.server.health_listen = "256.0.0.1:80".to_owned();
-    let source = kube_hardener_server::NamespaceSource::from_cache(
-        kube_hardener_server::NamespaceCache::default(),
-        None,
-        Duration::from_millis(10),
-    );
-    let error = kube_hardener_server::Webhook::start(config, source)
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = support::start_error(config).await;
     assert!(
         error.starts_with("cannot listen on 256.0.0.1:80 (server.health_listen)"),
         "{error}"
@@ -1160,15 +1144,7 @@ async fn reuse_port_lets_the_next_replica_share_the_port_and_take_over() {
     // Without the option the port is taken.
     let mut plain = support::test_config(&second.certs);
     plain.server.listen = first.webhook.to_string();
-    let source = kube_hardener_server::NamespaceSource::from_cache(
-        kube_hardener_server::NamespaceCache::default(),
-        None,
-        Duration::from_millis(10),
-    );
-    let error = kube_hardener_server::Webhook::start(plain, source)
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = support::start_error(plain).await;
     assert!(
         error.starts_with(&format!(
             "cannot listen on {} (server.listen)",

@@ -11,18 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::core::PartialObjectMeta;
 use kube::core::metadata::PartialObjectMetaExt as _;
 use kube::runtime::watcher::Event;
 use kube_hardener_config::Config;
-use kube_hardener_server::{NamespaceCache, NamespaceSource, ServeError, ShutdownTrigger, Webhook};
+use kube_hardener_server::{
+    NamespaceCache, NamespaceMeta, NamespaceSource, ServeError, ShutdownTrigger, Webhook,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-
-pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// A CA and the serving pairs it issues, in a temp dir laid out either as
 /// plain files or like a Kubernetes Secret volume (`..data` symlink).
@@ -209,6 +207,16 @@ impl Setup {
 
 pub async fn start_default() -> TestServer {
     Setup::new().start().await
+}
+
+/// Why the webhook refuses to start with `config` (and no namespaces).
+pub async fn start_error(config: Config) -> String {
+    let source =
+        NamespaceSource::from_cache(NamespaceCache::default(), None, Duration::from_millis(10));
+    match Webhook::start(config, source).await {
+        Ok(_) => panic!("the webhook started"),
+        Err(error) => error.to_string(),
+    }
 }
 
 #[derive(Debug)]
